@@ -1,0 +1,116 @@
+"""Versioned certificate schemas, canonical serialisation, and self-digests.
+
+A certificate's `digest` is the SHA-256 of its canonical JSON without the `digest` field. Nothing
+volatile (time, host, paths outside the run) is recorded, so the same inputs on the same machine give
+byte-identical certificates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from . import INTERPRETER_VERSION, __version__
+from .errors import BlockCertError
+from .files import atomic_write_json, canonical_json, read_json, sha256_bytes
+from .metrics import BlockMetrics, Policy, Thresholds
+
+BLOCK_SCHEMA = "blockcert.block-certificate/1"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolInfo(_Frozen):
+    name: Literal["blockcert"] = "blockcert"
+    version: str = __version__
+    interpreter: str = INTERPRETER_VERSION
+
+
+class ModelInfo(_Frozen):
+    name: str
+    source: str
+    architecture: str
+    family: str
+    num_layers: int
+    weights_sha256: str
+    dtype: Literal["float32", "float64"]
+    device: Literal["cpu", "cuda"]
+
+
+class PromptInfo(_Frozen):
+    name: str
+    description: str
+    sha256: str  # of the prompt texts
+    token_ids_sha256: str
+    n_prompts: int
+    n_tokens: int
+
+
+class Tolerances(_Frozen):
+    """How far a re-computation on another machine may differ and still agree (float rounding only).
+
+    `replay_atol` bounds |Δe(p,t)| for a replay of the same surrogate on the same traces;
+    `loss_atol` bounds |Δℓ(p,t)| for a re-run of the native model. Tokens within these of a
+    threshold may flip; nothing else may change.
+    """
+
+    replay_atol: float
+    loss_atol: float
+
+
+class BlockCertificate(_Frozen):
+    schema_version: Literal["blockcert.block-certificate/1"] = BLOCK_SCHEMA
+    tool: ToolInfo = ToolInfo()
+    model: ModelInfo
+    block_index: int
+    prompts: PromptInfo
+    thresholds: Thresholds
+    policy: Policy
+    tolerances: Tolerances
+    metrics: BlockMetrics
+    metrics_file: str
+    artifacts: dict[str, str]  # path relative to the run directory -> SHA-256
+    certified: bool
+    reasons: tuple[str, ...]
+    digest: str = ""
+
+    def body_digest(self) -> str:
+        return sha256_bytes(canonical_json(self.model_dump(mode="json", exclude={"digest"})).encode("utf-8"))
+
+    def sealed(self) -> BlockCertificate:
+        return self.model_copy(update={"digest": self.body_digest()})
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model_file(path: Path, cls: type[M], what: str) -> M:
+    data = read_json(path, what)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise BlockCertError(f"{what} {path} does not match its schema: {loc}: {first['msg']}") from None
+
+
+def write_model_file(path: Path, obj: BaseModel) -> None:
+    atomic_write_json(path, obj.model_dump(mode="json"))
+
+
+def export_schemas(out_dir: Path) -> list[Path]:
+    """Write the JSON Schemas of every certificate type (docs/schemas/)."""
+    from .summary import RunSummary
+
+    written = []
+    for name, cls in (("block-certificate", BlockCertificate), ("summary", RunSummary)):
+        p = out_dir / f"{name}.schema.json"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(cls.model_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(p)
+    return written

@@ -1,0 +1,152 @@
+"""The `blockcert` command line. Command and option names are a contract: keep them stable."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from . import layout
+from .errors import BlockCertError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Certified blockwise extraction of transformer mechanisms.",
+)
+stdout = Console(highlight=False)
+
+ModelOpt = Annotated[str, typer.Option("--model", help="smollm2-135m, a model directory, a .gguf file or a cached hub id")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 or float64")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
+DEMO_BLOCKS = "0,5,10,15,20,25,29"
+
+
+def _quiet_hf() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command()
+def extract(
+    model: ModelOpt = "smollm2-135m",
+    prompts: Annotated[str, typer.Option(help="default, stress, a text file (one prompt a line) or .jsonl")] = "default",
+    blocks: Annotated[str, typer.Option(help="block indices like 0,5,10 or 3-7, or all")] = "all",
+    out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/extract"),
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "cpu",
+    tau_act: Annotated[float, typer.Option(help="activation-coverage threshold τ_act")] = 1e-2,
+    tau_loss: Annotated[float, typer.Option(help="loss-coverage threshold τ_loss")] = 1e-3,
+    alpha_act: Annotated[float, typer.Option(help="policy: certified needs cov_act ≥ α_act")] = 0.94,
+    alpha_loss: Annotated[float, typer.Option(help="policy: certified needs cov_loss ≥ α_loss")] = 0.9,
+    batch_size: Annotated[int, typer.Option(help="prompts per native forward pass")] = 8,
+) -> None:
+    """Trace the model, extract a surrogate per block, measure it and write certificates."""
+    from pydantic import ValidationError
+
+    from .extract import ExtractOptions, run_extract
+    from .metrics import Policy, Thresholds
+    from .report import block_table
+
+    _quiet_hf()
+    try:
+        thresholds, policy = Thresholds(tau_act=tau_act, tau_loss=tau_loss), Policy(alpha_act=alpha_act, alpha_loss=alpha_loss)
+    except ValidationError as e:
+        raise BlockCertError(f"bad threshold or policy: {e.errors()[0]['loc'][0]} {e.errors()[0]['msg']}") from None
+    if batch_size < 1:
+        raise BlockCertError("--batch-size must be at least 1")
+    opts = ExtractOptions(model, prompts, blocks, out, dtype, device, thresholds, policy, batch_size)
+    summary = run_extract(opts)
+    stdout.print(block_table(summary))
+    stdout.print(f"wrote {out / layout.SUMMARY}")
+
+
+@app.command()
+def verify(
+    run_dir: Annotated[Path, typer.Argument(help="run directory written by extract")],
+    model: Annotated[str | None, typer.Option(help="also re-run this model to re-derive traces and losses")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON report on stdout")] = False,
+) -> None:
+    """Re-derive every hash and metric of a run from its files; exit 0 only if all hold."""
+    from .verify import verify_run
+
+    _quiet_hf()
+    report = verify_run(run_dir, model)
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        for line in report.lines():
+            print(f"FAIL {line}", file=sys.stderr)
+        n = len(report.blocks)
+        status = "OK" if report.ok else "FAILED"
+        stdout.print(f"{status}: {n} block certificate(s) checked; loss coverage from {report.loss_coverage_source}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Print a table of the run's blocks and their metrics."""
+    from .certificate import load_model_file
+    from .report import block_table
+    from .summary import RunSummary
+
+    stdout.print(block_table(load_model_file(run_dir / layout.SUMMARY, RunSummary, "run summary")))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/demo"),
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Extract and certify blocks 0,5,10,15,20,25,29 of smollm2-135m on the default prompts, then verify."""
+    from .extract import ExtractOptions, run_extract
+    from .report import block_table
+    from .verify import verify_run
+
+    _quiet_hf()
+    t0 = time.perf_counter()
+    summary = run_extract(ExtractOptions("smollm2-135m", "default", DEMO_BLOCKS, out, dtype))
+    t1 = time.perf_counter()
+    report = verify_run(out)
+    t2 = time.perf_counter()
+    stdout.print(block_table(summary))
+    for line in report.lines():
+        print(f"FAIL {line}", file=sys.stderr)
+    n_cert = sum(b.certified for b in summary.blocks)
+    stdout.print(
+        f"{n_cert}/{len(summary.blocks)} blocks certified; verifier: {'OK' if report.ok else 'FAILED'}; "
+        f"extract {t1 - t0:.1f} s, verify {t2 - t1:.1f} s; run directory {out}"
+    )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def schema(out: Annotated[Path, typer.Option(help="directory for the JSON Schemas")] = Path("docs/schemas")) -> None:
+    """Export the JSON Schemas of the certificate formats."""
+    from .certificate import export_schemas
+
+    for p in export_schemas(out):
+        stdout.print(f"wrote {p}")
+
+
+def main() -> None:
+    try:
+        app()
+    except BlockCertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to complete the run", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

