@@ -48,6 +48,7 @@ def extract(
     alpha_act: Annotated[float, typer.Option(help="policy: certified needs cov_act ≥ α_act")] = 0.94,
     alpha_loss: Annotated[float, typer.Option(help="policy: certified needs cov_loss ≥ α_loss")] = 0.9,
     batch_size: Annotated[int, typer.Option(help="prompts per native forward pass")] = 8,
+    surrogate: Annotated[str, typer.Option(help="exact (weights copied) or bf16 / fp16 (weights rounded)")] = "exact",
 ) -> None:
     """Trace the model, extract a surrogate per block, measure it and write certificates."""
     from pydantic import ValidationError
@@ -63,7 +64,9 @@ def extract(
         raise BlockCertError(f"bad threshold or policy: {e.errors()[0]['loc'][0]} {e.errors()[0]['msg']}") from None
     if batch_size < 1:
         raise BlockCertError("--batch-size must be at least 1")
-    opts = ExtractOptions(model, prompts, blocks, out, dtype, device, thresholds, policy, batch_size)
+    if surrogate not in ("exact", "bf16", "fp16"):
+        raise BlockCertError(f"--surrogate {surrogate!r} is not supported; use exact, bf16 or fp16")
+    opts = ExtractOptions(model, prompts, blocks, out, dtype, device, thresholds, policy, batch_size, surrogate)
     summary = run_extract(opts)
     stdout.print(block_table(summary))
     stdout.print(f"wrote {out / layout.SUMMARY}")

@@ -12,7 +12,7 @@ from .certificate import BlockCertificate, ModelInfo, PromptInfo, Tolerances, wr
 from .errors import BlockCertError
 from .files import atomic_write_json, canonical_json, ensure_writable_dir, sha256_bytes, sha256_file
 from .interpreter import run_block
-from .ir import extract_ir
+from .ir import SurrogateKind, extract_ir, simplify
 from .loading import LoadedModel, load_model
 from .metrics import Policy, Thresholds, block_metrics, per_prompt_metrics, verdict
 from .native import Batch, NativeModel, encode, next_token_nll
@@ -38,6 +38,7 @@ class ExtractOptions:
     thresholds: Thresholds = Thresholds()
     policy: Policy = Policy()
     batch_size: int = 8
+    surrogate: SurrogateKind = "exact"
 
 
 def parse_blocks(spec: str, num_layers: int) -> list[int]:
@@ -198,7 +199,7 @@ def run_extract(opts: ExtractOptions, lm: LoadedModel | None = None) -> RunSumma
     (run_dir / layout.SUMMARY).unlink(missing_ok=True)
     for i in blocks:
         (layout.block_dir(run_dir, i) / layout.CERTIFICATE).unlink(missing_ok=True)
-    irs = {i: extract_ir(native, i) for i in blocks}
+    irs = {i: simplify(extract_ir(native, i), opts.surrogate) for i in blocks}
     traces, losses = _record(native, batch, blocks, irs, opts.batch_size)
     write_prompts_file(run_dir, ps, batch)
     lm_info, pinfo = model_info(lm, native.device), prompt_info(ps, batch)

@@ -57,10 +57,16 @@ class Op(_Frozen):
     weights: str | None = None
 
 
+SurrogateKind = Literal["exact", "bf16", "fp16"]
+
+
 class BlockSpec(_Frozen):
     format: Literal["blockcert.ir/1"] = IR_FORMAT
     family: Literal["llama", "gpt2"]
     block_index: int
+    # How the tensors were derived from the native block: an exact copy, or weights rounded to a
+    # narrower float format (a quantized surrogate; rotary tables are never rounded).
+    surrogate: SurrogateKind = "exact"
     hidden_size: int
     attn_norm: NormSpec
     attention: AttentionSpec
@@ -195,3 +201,17 @@ def extract_ir(native: NativeModel, index: int) -> BlockIR:
             mlp=MlpSpec(kind="plain", activation=_act_name(cfg), bias=True),
         )
     return BlockIR(spec, ts)
+
+
+_ROUND_TO = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def simplify(ir: BlockIR, kind: SurrogateKind) -> BlockIR:
+    """Derive a surrogate of `kind` from an exact-copy IR (identity for "exact")."""
+    if kind == "exact":
+        return ir
+    narrow = _ROUND_TO[kind]
+    tensors = {
+        k: v if k.startswith("rope.") else v.to(narrow).to(v.dtype) for k, v in ir.tensors.items()
+    }
+    return BlockIR(ir.spec.model_copy(update={"surrogate": kind}), tensors)
