@@ -70,6 +70,24 @@ def extract(
     summary = run_extract(opts)
     stdout.print(block_table(summary))
     stdout.print(f"wrote {out / layout.SUMMARY}")
+    _fail_on_nonfinite(out)
+
+
+def _fail_on_nonfinite(run_dir: Path) -> None:
+    """NaN/Inf activations are recorded (never certified), but the command must not look successful."""
+    from .certificate import BlockCertificate, load_model_file
+    from .summary import RunSummary
+
+    summary = load_model_file(run_dir / layout.SUMMARY, RunSummary, "run summary")
+    bad = []
+    for b in summary.blocks:
+        cert = load_model_file(run_dir / b.certificate, BlockCertificate, "certificate")
+        if cert.metrics.nonfinite_tokens:
+            bad.append(f"block {b.index} ({cert.metrics.nonfinite_tokens} tokens)")
+    if bad:
+        raise BlockCertError(
+            f"NaN/Inf activations in {', '.join(bad)}; recorded as not certified in {run_dir / layout.SUMMARY}"
+        )
 
 
 @app.command()

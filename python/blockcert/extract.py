@@ -206,9 +206,6 @@ def run_extract(opts: ExtractOptions, lm: LoadedModel | None = None) -> RunSumma
     certs = []
     for i in track(blocks, "certifying blocks", total=len(blocks)):
         certs.append(_certify_block(run_dir, i, lm_info, pinfo, opts, irs[i], traces[i], losses[i]))
-        nonfinite = certs[-1].metrics.nonfinite_tokens
-        if nonfinite:
-            say(f"warning: block {i}: {nonfinite} tokens with NaN/Inf activations; recorded as not certified")
     summary = summary_of(lm_info, pinfo, opts.thresholds, opts.policy, certs)
     write_model_file(run_dir / layout.SUMMARY, summary)
     return summary

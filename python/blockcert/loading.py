@@ -124,7 +124,7 @@ def _bundled_cache_dir() -> Path:
 def _check_config(config, what: str) -> tuple[str, str]:
     mt = getattr(config, "model_type", None)
     if mt not in SUPPORTED:
-        arch = (getattr(config, "architectures", None) or [mt or "unknown"])[0]
+        arch = (getattr(config, "architectures", None) or [type(config).__name__])[0]
         labels = "; ".join(v[2] for v in SUPPORTED.values())
         raise BlockCertError(f"unsupported architecture {arch} (model_type {mt!r}) in {what}; supported: {labels}")
     family, arch, _ = SUPPORTED[mt]

@@ -92,7 +92,8 @@ def block_metrics(
     nonfinite = n - int(finite.sum()) + int((loss_ok & ~torch.isfinite(base_nll)).sum())
     covered = int((e <= thresholds.tau_act).sum())
     lc, lt = _loss_cov(base_nll, stitched_nll, loss_ok, thresholds.tau_loss)
-    all_finite = nonfinite == 0 and n > 0
+    # ε and MAE speak of activations only: a NaN loss downstream must not hide a finite ε.
+    all_finite = bool(finite.all()) and n > 0
     rel = (e / out_norms[valid].clamp_min(torch.finfo(torch.float64).tiny)) if all_finite else None
     return BlockMetrics(
         n_tokens=n,
