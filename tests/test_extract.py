@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import torch
@@ -86,10 +87,8 @@ def test_interrupted_run_leaves_no_valid_certificate_and_rerun_completes(toy_mod
         return real(*a, **k)
 
     monkeypatch.setattr(ex, "_certify_block", crash_on_second)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run_extract(opts)
-    except KeyboardInterrupt:
-        pass
     assert not (out / "summary.json").exists()
     assert not (out / "block_001" / "certificate.json").exists()
     from blockcert.verify import verify_run

@@ -103,12 +103,7 @@ def _record(native: NativeModel, batch: Batch, blocks: list[int], irs: dict, bat
         x, ctx = native.embed(b)
         mask = native.attention_mask_bool(ctx, b)
         argmax: dict[int, torch.Tensor] = {}
-        hooks = [
-            native.attention(i).register_forward_hook(
-                lambda _m, _a, out, i=i: argmax.__setitem__(i, out[1].argmax(dim=-1).cpu())
-            )
-            for i in blocks
-        ]
+        hooks = [native.attention(i).register_forward_hook(_keep_argmax(argmax, i)) for i in blocks]
         ins: dict[int, torch.Tensor] = {}
         try:
             for i in range(len(native.layers)):
@@ -132,6 +127,15 @@ def _record(native: NativeModel, batch: Batch, blocks: list[int], irs: dict, bat
         traces[i] = BlockTrace(x_in, x_out, batch.valid.clone(), batch.positions, mask, am)
     loss = {i: LossTrace(*(torch.cat(c) for c in zip(*losses[i], strict=True))) for i in blocks}
     return traces, loss
+
+
+def _keep_argmax(store: dict, i: int):
+    """Forward hook: keep the native attention's most-attended key per head (eager returns the probabilities)."""
+
+    def hook(_module, _args, out):
+        store[i] = out[1].argmax(dim=-1).cpu()
+
+    return hook
 
 
 def _surrogate(ir, x: torch.Tensor, b: Batch) -> torch.Tensor:

@@ -104,7 +104,8 @@ def _attention(
 
 def _mlp(spec: MlpSpec, ts: dict, h: torch.Tensor) -> torch.Tensor:
     if spec.kind == "gated":
-        return _linear(ts, "mlp.down", _activation(spec.activation, _linear(ts, "mlp.gate", h)) * _linear(ts, "mlp.up", h))
+        gate = _activation(spec.activation, _linear(ts, "mlp.gate", h))
+        return _linear(ts, "mlp.down", gate * _linear(ts, "mlp.up", h))
     return _linear(ts, "mlp.down", _activation(spec.activation, _linear(ts, "mlp.up", h)))
 
 
