@@ -104,13 +104,24 @@ def write_model_file(path: Path, obj: BaseModel) -> None:
 
 
 def export_schemas(out_dir: Path) -> list[Path]:
-    """Write the JSON Schemas of every certificate type (docs/schemas/)."""
+    """Write the JSON Schema of every file format BlockCert writes and verifies (docs/schemas/)."""
+    from .bounds.artifact import BoundArtifact
+    from .fullmodel import FullModelCertificate, FullModelEvaluation
+    from .semantic import SemanticEvaluation
     from .summary import RunSummary
 
+    formats = {
+        "block-certificate": BlockCertificate,
+        "summary": RunSummary,
+        "full-model-certificate": FullModelCertificate,
+        "full-model-metrics": FullModelEvaluation,
+        "semantic-probe-eval": SemanticEvaluation,
+        "bound": BoundArtifact,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, cls in (("block-certificate", BlockCertificate), ("summary", RunSummary)):
+    for name, cls in formats.items():
         p = out_dir / f"{name}.schema.json"
-        out_dir.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(cls.model_json_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         written.append(p)
     return written

@@ -22,7 +22,9 @@ app = typer.Typer(
 )
 stdout = Console(highlight=False)
 
-ModelOpt = Annotated[str, typer.Option("--model", help="smollm2-135m, a model directory, a .gguf file or a cached hub id")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="smollm2-135m, a model directory, a .gguf file or a cached hub id")
+]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 or float64")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
 DEMO_BLOCKS = "0,5,10,15,20,25,29"
@@ -38,7 +40,7 @@ def _quiet_hf() -> None:
 @app.command()
 def extract(
     model: ModelOpt = "smollm2-135m",
-    prompts: Annotated[str, typer.Option(help="default, stress, a text file (one prompt a line) or .jsonl")] = "default",
+    prompts: Annotated[str, typer.Option(help="default, stress, a text file (a prompt a line), .jsonl")] = "default",
     blocks: Annotated[str, typer.Option(help="block indices like 0,5,10 or 3-7, or all")] = "all",
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/extract"),
     dtype: DtypeOpt = "float32",
@@ -59,7 +61,8 @@ def extract(
 
     _quiet_hf()
     try:
-        thresholds, policy = Thresholds(tau_act=tau_act, tau_loss=tau_loss), Policy(alpha_act=alpha_act, alpha_loss=alpha_loss)
+        thresholds = Thresholds(tau_act=tau_act, tau_loss=tau_loss)
+        policy = Policy(alpha_act=alpha_act, alpha_loss=alpha_loss)
     except ValidationError as e:
         raise BlockCertError(f"bad threshold or policy: {e.errors()[0]['loc'][0]} {e.errors()[0]['msg']}") from None
     if batch_size < 1:
@@ -156,6 +159,20 @@ def schema(out: Annotated[Path, typer.Option(help="directory for the JSON Schema
 
     for p in export_schemas(out):
         stdout.print(f"wrote {p}")
+
+
+from .cli_fullmodel import register as _register_fullmodel  # noqa: E402
+
+_register_fullmodel(app)
+
+from .cli_lean import register as _register_lean  # noqa: E402
+
+_register_lean(app)
+
+
+from .cli_bounds import register as _register_bounds  # noqa: E402
+
+_register_bounds(app)
 
 
 def main() -> None:

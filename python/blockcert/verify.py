@@ -150,7 +150,8 @@ def verify_block(run_dir: Path, cert_path: Path, index: int, expected_digest: st
     try:
         _check_prompts(run_dir, cert, rep)
         bdir = layout.block_dir(run_dir, index)
-        ir, trace, loss = BlockIR.load(bdir), BlockTrace.load(bdir / layout.TRACES), LossTrace.load(bdir / layout.LOSSES)
+        ir = BlockIR.load(bdir)
+        trace, loss = BlockTrace.load(bdir / layout.TRACES), LossTrace.load(bdir / layout.LOSSES)
         _check_metrics(cert, ir, trace, loss, rep)
         recorded = read_json(bdir / layout.METRICS, "metrics file").get("metrics")
         if recorded != cert.metrics.model_dump(mode="json"):
@@ -230,4 +231,10 @@ def verify_run(run_dir: Path, model: str | None = None) -> RunReport:
     if model is not None:
         with torch.no_grad():
             _check_with_model(run_dir, summary, report, model)
+    from .fullverify import verify_full_model  # the full-model certificate, when the run has one
+
+    report.errors.extend(verify_full_model(run_dir, model))
+    from .formal import formal_problems  # the composition theorem's hypotheses, checked exactly (Lean's `check`)
+
+    report.errors.extend(formal_problems(run_dir))
     return report

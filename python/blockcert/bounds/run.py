@@ -1,0 +1,346 @@
+"""`blockcert bound RUN_DIR`: replay the stitched model block by block, bound every block, compose exactly.
+
+One streaming pass over the layers. At block i the native input x_i is the certified trace (or the native
+model's stream, for blocks the run does not hold); the stitched input x̂_i is the previous surrogate's
+output. From the pair come the per-token radii of the local set, the trajectory constant and the
+measured deviations; from the block's IR, the sound constants (global and local) and the empirical lower
+estimate. The instantiated bound Σ ε_i Π_{j>i} L_j is then computed per kind in exact rationals
+(exact.py), and a sound kind whose bound falls below a measured deviation stops everything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from ..errors import BlockCertError
+from ..exact import decimal_str, prefix_bounds, round_up_sig, to_fraction
+from ..interpreter import run_block
+from ..ir import BlockIR, extract_ir
+from ..native import NativeModel
+from ..progress import say, track
+from ..runinputs import (
+    block_certificate,
+    certified_batch,
+    load_certified_ir,
+    load_certified_traces,
+    load_run,
+    load_run_model,
+)
+from .artifact import (
+    KINDS,
+    SOUND_KINDS,
+    BlockBound,
+    BoundArtifact,
+    BoundOptionsRecord,
+    Constant,
+    KindBound,
+)
+from .block import GlobalBound, LocalBound, ball, global_bound, local_bound, segment_cover
+from .empirical import jacobian_norm_lower
+from .norm import radial
+from .weights import prepare_block
+
+EXACT_NOTE = "the block is the exact real-valued function its IR declares; float rounding of the center " \
+             "values is covered by a relative margin of 1e-9"
+
+
+@dataclass(frozen=True)
+class BoundOptions:
+    run_dir: Path
+    radius: float | None = None
+    model: str | None = None
+    empirical_tokens: int = 2
+    power_iters: int = 8
+    threads: int = 1  # torch intra-op threads; the bound's many small operations run fastest on one
+    pieces: int = 4  # boxes covering each segment [x_i, x̂_i] (more: tighter and slower)
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    index: int
+    stitched: bool
+    epsilon: float
+    d_in: float
+    d_out: float
+    radius: float
+    local: LocalBound
+    glob: GlobalBound
+    empirical: float
+    trajectory: float | None
+
+
+def token_dist(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """‖a_t − b_t‖₂ per prompt and token in float64 [P, T] (0 at padding)."""
+    e = (a.to(torch.float64) - b.to(torch.float64)).norm(dim=-1)
+    return torch.where(valid, e, torch.zeros((), dtype=torch.float64))
+
+
+def _prefix_lengths(valid: torch.Tensor) -> list[int]:
+    lengths = valid.sum(-1).tolist()
+    for p, n in enumerate(lengths):
+        if not bool(valid[p, :n].all()):
+            raise BlockCertError(f"prompt {p}: valid tokens are not a prefix (left padding?); not supported")
+    return lengths
+
+
+def _check_radius(radius: float, i: int, x: torch.Tensor, tok_in: torch.Tensor, valid: torch.Tensor,
+                  kind: str) -> None:
+    worst = float(tok_in.max())
+    if radius < worst:
+        raise BlockCertError(
+            f"--radius {radius:g} does not contain the stitched trajectory: at block {i} a token is at "
+            f"distance {worst:.6g} from its traced input; use --radius ≥ the largest such distance or omit it"
+        )
+    norms = radial(kind, x.to(torch.float64))[valid]
+    if radius >= float(norms.min()):
+        raise BlockCertError(
+            f"--radius {radius:g} reaches zero norm at block {i} (a token's norm-layer input has norm "
+            f"{float(norms.min()):.6g}); a ball around it has no useful Lipschitz bound: use a smaller --radius"
+        )
+
+
+
+
+def _candidates(local: LocalBound, lengths: list[int], k: int) -> torch.Tensor:
+    """Per prompt the k tokens whose sound per-token bound is largest (where the Jacobian is likely largest)."""
+    rows = []
+    for per, n in zip(local.per_token, lengths, strict=True):
+        top = torch.topk(per, min(k, n)).indices
+        rows.append(torch.cat([top, top[:1].expand(k - len(top))]))
+    return torch.stack(rows)
+
+
+class _Source:
+    """Where block i comes from: the run's certified surrogate, or (when the run lacks it) the native block."""
+
+    def __init__(self, opts: BoundOptions):
+        self.opts = opts
+        self.summary = load_run(opts.run_dir)
+        self.have = {e.index for e in self.summary.blocks}
+        self.n_layers = self.summary.model.num_layers
+        missing = [i for i in range(self.n_layers) if i not in self.have]
+        self.native: NativeModel | None = None
+        self.ctx = None
+        self.x0 = None
+        if missing:
+            if opts.model is None:
+                raise BlockCertError(
+                    f"the run holds surrogates for {len(self.have)} of {self.n_layers} blocks; the stitched replay "
+                    f"needs the native model for the others: pass --model (the run's model is "
+                    f"{self.summary.model.name!r})"
+                )
+            lm = load_run_model(self.summary, opts.model, "cpu")
+            self.native = NativeModel(lm)
+            batch = certified_batch(opts.run_dir, self.summary, lm)
+            self.x0, self.ctx = self.native.embed(batch)
+            self.valid, self.positions = batch.valid, batch.positions
+
+    def block(self, i: int, x_native: torch.Tensor | None):
+        """(ir, x_i, x_{i+1}, surrogate function, ε_i, certificate digest or None)."""
+        if i in self.have:
+            cert = block_certificate(self.opts.run_dir, self.summary, i)
+            if cert.metrics.epsilon is None:
+                raise BlockCertError(f"block {i}: its certificate records non-finite errors; no bound exists")
+            ir = load_certified_ir(self.opts.run_dir, cert)
+            trace, _ = load_certified_traces(self.opts.run_dir, cert)
+            self.valid, self.positions = trace.valid, trace.positions
+            valid, positions = trace.valid, trace.positions
+
+            def surrogate(z: torch.Tensor) -> torch.Tensor:
+                return run_block(ir, z, valid, positions)
+
+            return ir, trace.x_in, trace.x_out, surrogate, float(cert.metrics.epsilon), cert
+        native, ctx = self.native, self.ctx
+        x_in = self.x0 if x_native is None else x_native
+        ir = extract_ir(native, i)
+
+        def native_block(z: torch.Tensor) -> torch.Tensor:
+            return native.block(i, z, ctx)
+
+        return ir, x_in, native_block(x_in), native_block, 0.0, None
+
+
+def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps, cert, opts, valid, positions, lengths):
+    with torch.no_grad():
+        y_hat, y_nat = surrogate(x_hat), surrogate(x)
+    tok_in = token_dist(x_hat, x, valid)
+    eps_replay = float(token_dist(y_nat, x_next, valid).max())
+    if cert is not None and abs(eps_replay - eps) > cert.tolerances.replay_atol:
+        raise BlockCertError(
+            f"block {i}: replaying the surrogate gives ε = {eps_replay:.9g}, its certificate says {eps:.9g}; "
+            "run `blockcert verify` on the run"
+        )
+    den = tok_in.amax(-1)
+    num = token_dist(y_hat, y_nat, valid).amax(-1)
+    ratios = [float(n / d) for n, d in zip(num, den, strict=True) if d > 0]
+    if opts.radius is None:
+        sets = [segment_cover(x[p, :n], x_hat[p, :n], positions[p, :n], opts.pieces) for p, n in enumerate(lengths)]
+        radius = float(tok_in.max())
+    else:
+        _check_radius(opts.radius, i, x, tok_in, valid, ir.spec.attn_norm.kind)
+        sets = [ball(x[p, :n], opts.radius, positions[p, :n]) for p, n in enumerate(lengths)]
+        radius = opts.radius
+    prep = prepare_block(ir)
+    local = local_bound(prep, sets)
+    glob = global_bound(prep)
+    emp = jacobian_norm_lower(ir, x, valid, positions, _candidates(local, lengths, opts.empirical_tokens),
+                              opts.power_iters) if opts.empirical_tokens > 0 else torch.zeros(1)
+    res = BlockResult(
+        index=i, stitched=cert is not None, epsilon=eps, d_in=float(den.max()),
+        d_out=float(token_dist(y_hat, x_next, valid).max()), radius=radius, local=local, glob=glob,
+        empirical=float(emp.max()), trajectory=max(ratios) if ratios else None,
+    )
+    return res, y_hat
+
+
+def analyse_run(opts: BoundOptions, progress: Callable | None = None) -> tuple[_Source, list[BlockResult]]:
+    if opts.radius is not None and not (math.isfinite(opts.radius) and opts.radius >= 0):
+        raise BlockCertError(f"--radius must be a finite number ≥ 0, not {opts.radius}")
+    if opts.empirical_tokens < 0 or opts.power_iters < 1 or opts.pieces < 1:
+        raise BlockCertError("--empirical-tokens must be ≥ 0, --power-iters ≥ 1 and --pieces ≥ 1")
+    if opts.threads < 1:
+        raise BlockCertError("--threads must be at least 1")
+    src = _Source(opts)
+    results, x_hat, x_native = [], None, None
+    before = torch.get_num_threads()
+    torch.set_num_threads(opts.threads)
+    try:
+        for i in track(range(src.n_layers), "bounding blocks", total=src.n_layers):
+            ir, x, x_next, surrogate, eps, cert = src.block(i, x_native)
+            valid, positions = src.valid, src.positions
+            lengths = _prefix_lengths(valid)
+            if x_hat is None:
+                x_hat = x
+            res, x_hat = _analyse_block(i, ir, x, x_next, x_hat, surrogate, eps, cert, opts, valid, positions,
+                                        lengths)
+            results.append(res)
+            x_native = x_next
+    finally:
+        torch.set_num_threads(before)
+    return src, results
+
+
+def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
+    where = (f"the segment [x_i, x̂_i] from the traced to the stitched input, per prompt, covered by "
+             f"{opts.pieces} boxes of per-token radius ‖x̂_t − x_t‖/{2 * opts.pieces} (rounded up)"
+             if opts.radius is None else
+             f"the max-token ball of radius {opts.radius:g} around the traced input x_i, per prompt, which "
+             "contains x̂_i (checked on the stitched replay)")
+    local_notes = [
+        f"sup of the Jacobian norm over {where}; by the mean-value inequality along the segment, "
+        "dist(B̂(x̂_i), B̂(x_i)) ≤ L·dist(x̂_i, x_i)",
+        EXACT_NOTE,
+    ]
+    if r.local.zero_norm:
+        local_notes.append("some ball reaches zero norm at a norm layer: there its Jacobian bound is 1/√eps")
+    return (
+        Constant(kind="global", value=r.glob.lipschitz, sound=True, assumptions=(
+            "valid for all inputs: finite because eps > 0 bounds each norm layer's Jacobian by 1/√eps and "
+            "norm layers map into the ball of radius √d", EXACT_NOTE),
+            parts={"k_attn": r.glob.k_attn, "k_mlp": r.glob.k_mlp}),
+        Constant(kind="local", value=r.local.lipschitz, sound=True, assumptions=tuple(local_notes),
+                 parts={"k_attn": r.local.k_attn, "k_mlp": r.local.k_mlp,
+                        "tokens_refined": float(r.local.tokens_exact)}),
+        Constant(kind="empirical", value=r.empirical, sound=False, assumptions=(
+            "LOWER estimate of the surrogate's Jacobian norm (max-token distance) at the traced inputs, by "
+            "alternating power iteration through autograd; never an upper bound",
+            f"{opts.empirical_tokens} candidate output tokens per prompt, {opts.power_iters} iterations")),
+        Constant(kind="trajectory", value=r.trajectory, sound=False, assumptions=(
+            "dist(B̂(x̂_i), B̂(x_i)) / dist(x̂_i, x_i) along this stitched replay, max over prompts: exactly "
+            "what the pointwise form of the theorem needs for this trajectory; measured in floating point",
+            "undefined (null) where x̂_i = x_i")),
+    )
+
+
+def _log10(q: Fraction) -> float | None:
+    if q <= 0:
+        return None
+    return math.log10(q.numerator) - math.log10(q.denominator)
+
+
+def compose(results: list[BlockResult]) -> dict[str, list[Fraction]]:
+    """Per kind, the exact bound after k = 1..L stitched blocks (exact.prefix_bounds)."""
+    eps = [to_fraction(r.epsilon) for r in results]
+    lips = {
+        "global": [to_fraction(r.glob.lipschitz) for r in results],
+        "local": [to_fraction(r.local.lipschitz) for r in results],
+        "empirical": [to_fraction(r.empirical) for r in results],
+        # An undefined trajectory ratio only occurs where x̂_i = x_i: there it multiplies a zero deviation.
+        "trajectory": [to_fraction(r.trajectory or 0.0) for r in results],
+    }
+    return {k: prefix_bounds(eps, v) for k, v in lips.items()}
+
+
+def check_sound(prefix: dict[str, list[Fraction]], measured: list[float]) -> None:
+    for kind in SOUND_KINDS:
+        for k, (b, m) in enumerate(zip(prefix[kind], measured, strict=True), start=1):
+            if to_fraction(m) > b:
+                raise BlockCertError(
+                    f"the measured deviation after {k} stitched block(s), {m:.9g}, exceeds the {kind} bound "
+                    f"{float(b):.9g}, which claims to be sound: a bug or a violated hypothesis (nothing written)"
+                )
+    for k, (b, m) in enumerate(zip(prefix["trajectory"], measured, strict=True), start=1):
+        if to_fraction(m) > b * (1 + Fraction(1, 10**5)):
+            say(f"note: after {k} blocks the trajectory-constant bound {float(b):.6g} is below the measured "
+                f"{m:.6g} (float rounding of the replay; the trajectory kind makes no soundness claim)")
+
+
+def _kind_bound(kind: str, prefix: list[Fraction], measured: float) -> KindBound:
+    claimed = round_up_sig(prefix[-1], 6)
+    m = to_fraction(measured)
+    ratio_q = claimed / m if m > 0 else None
+    ratio = float(ratio_q) if ratio_q is not None and _log10(ratio_q) is not None and _log10(ratio_q) < 300 \
+        else None
+    return KindBound(
+        kind=kind, sound=kind in SOUND_KINDS, claimed_bound=decimal_str(claimed), log10_bound=_log10(claimed),
+        ratio=ratio, log10_ratio=_log10(ratio_q) if ratio_q is not None else None,
+        prefix_log10_bound=tuple(_log10(b) for b in prefix),
+    )
+
+
+def build_artifact(src: _Source, results: list[BlockResult], opts: BoundOptions,
+                   stitch_measured: float | None) -> BoundArtifact:
+    measured = [r.d_out for r in results]
+    prefix = compose(results)
+    check_sound(prefix, measured)
+    kinds = {k: _kind_bound(k, prefix[k], measured[-1]) for k in KINDS}
+    formal = min(SOUND_KINDS, key=lambda k: prefix[k][-1])
+    blocks = tuple(
+        BlockBound(index=r.index, stitched=r.stitched, epsilon=r.epsilon, input_deviation=r.d_in,
+                   output_deviation=r.d_out, radius=r.radius, constants=_constants(r, opts))
+        for r in results
+    )
+    digests = {str(e.index): e.digest for e in src.summary.blocks}
+    return BoundArtifact(
+        model=src.summary.model, prompts=src.summary.prompts,
+        options=BoundOptionsRecord(radius=opts.radius, empirical_tokens=opts.empirical_tokens,
+                                   power_iters=opts.power_iters, pieces=opts.pieces),
+        block_certificates=digests, blocks=blocks,
+        claimed_bound={k: v.claimed_bound for k, v in kinds.items()},
+        bounds=tuple(kinds.values()), measured_deviation=measured[-1], measured_prefix=tuple(measured),
+        measured_deviation_stitch=stitch_measured, ratios={k: v.ratio for k, v in kinds.items()},
+        formal_kind=formal,
+    ).sealed()
+
+
+def stitch_measured(run_dir: Path, results: list[BlockResult]) -> float | None:
+    """`measured_deviation` of the run's full-model certificate, when `blockcert stitch` stitched the same blocks."""
+    from ..fullmodel import CERTIFICATE_FILE
+    from ..stitch import load_full_certificate
+
+    if not (run_dir / CERTIFICATE_FILE).is_file():
+        return None
+    try:
+        cert = load_full_certificate(run_dir)
+    except BlockCertError as e:
+        say(f"note: not using {CERTIFICATE_FILE}: {e}")
+        return None
+    if set(cert.stitched_blocks) != {r.index for r in results if r.stitched}:
+        return None
+    return cert.metrics.measured_deviation

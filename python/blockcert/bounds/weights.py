@@ -1,0 +1,152 @@
+"""A block's weights prepared for bounding: norm gains folded into the next linear map, float64, plus the
+spectral-norm upper bounds every derivation reuses.
+
+Folding: a norm layer outputs w ⊙ n(y) + b with n the unit-gain normalisation; the linear map after it
+sees W(w ⊙ n + b) + c = (W diag(w)) n + (W b + c). Bounding ‖W diag(w)‖ directly is much tighter than
+‖W‖·max|w|, and it leaves a single nonlinearity, n, whose Jacobian is known exactly (norm.py).
+float32 × float32 products are exact in float64 (48 ≤ 53 significand bits), so the folded weights are
+exactly the real-valued maps the block computes (the folded biases are only used for center values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import BlockCertError
+from ..ir import BlockIR
+from .spectral import product_upper, spectral_upper
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class NormParams:
+    kind: str  # "rms" | "layer"
+    eps: float
+
+
+@dataclass(frozen=True)
+class PreparedBlock:
+    index: int
+    family: str
+    d: int
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    scaling: float
+    norm1: NormParams
+    norm2: NormParams
+    # attention, folded: per query head h / key-value group g
+    wq: torch.Tensor  # [H, hd, d]
+    bq: torch.Tensor  # [H, hd]
+    wk: torch.Tensor  # [G, hd, d]
+    bk: torch.Tensor  # [G, hd]
+    wv: torch.Tensor  # [G, hd, d]
+    bv: torch.Tensor  # [G, hd]
+    wo: torch.Tensor  # [d, H·hd]
+    bo: torch.Tensor  # [d]
+    rope_cos: torch.Tensor | None  # [positions, hd]
+    rope_sin: torch.Tensor | None
+    rope_gain: float  # ≥ the spectral norm of every rotary 2×2 block (1 up to the table's float rounding)
+    # spectral-norm upper bounds
+    nq: torch.Tensor  # [H] ‖W_q^h diag(w1)‖
+    nk: torch.Tensor  # [G]
+    nv: torch.Tensor  # [G]
+    no: torch.Tensor  # [H] ‖W_o^h‖ (the columns of W_o that head h writes through)
+    n_ov: torch.Tensor  # [H] ‖W_o^h W_v^{g(h)} diag(w1)‖, the head's OV circuit
+    n_o: float  # ‖W_o‖
+    # MLP, folded
+    mlp_kind: str  # "gated" | "plain"
+    activation: str
+    wg: torch.Tensor | None  # [m, d] (gated only)
+    bg: torch.Tensor | None
+    wu: torch.Tensor  # [m, d]
+    bu: torch.Tensor
+    wd: torch.Tensor  # [d, m]
+    bd: torch.Tensor
+    n_d: float  # ‖W_d‖
+
+    @property
+    def group_of_head(self) -> torch.Tensor:
+        return torch.arange(self.n_heads) // (self.n_heads // self.n_kv)
+
+
+def _get(ts: dict, name: str, index: int) -> torch.Tensor:
+    t = ts.get(name)
+    if t is None:
+        raise BlockCertError(f"block {index}: the IR lacks tensor {name!r}; re-extract the block")
+    return t.detach().to(device="cpu", dtype=F64)
+
+
+def _opt(ts: dict, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    t = ts.get(name)
+    return torch.zeros(shape, dtype=F64) if t is None else t.detach().to(device="cpu", dtype=F64)
+
+
+def rope_gain(cos: torch.Tensor, sin: torch.Tensor) -> float:
+    """max over positions and pairs of ‖[[c_i, −s_i], [s_{i+h}, c_{i+h}]]‖₂ (the interpreter's rotate-half).
+
+    Exactly 1 for true rotations; the stored float32 tables are off by ~1e-7, which this accounts for.
+    """
+    h = cos.shape[-1] // 2
+    a, b, c, d = cos[:, :h], -sin[:, :h], sin[:, h:], cos[:, h:]
+    s = a * a + b * b + c * c + d * d
+    det = a * d - b * c
+    disc = torch.clamp(s * s - 4 * det * det, min=0.0)
+    sigma = torch.sqrt((s + torch.sqrt(disc)) / 2)
+    return float(sigma.max()) * (1 + 1e-12)
+
+
+def prepare_block(ir: BlockIR) -> PreparedBlock:
+    spec, ts, i = ir.spec, ir.tensors, ir.spec.block_index
+    d, att = spec.hidden_size, spec.attention
+    n_h, n_kv, hd = att.num_heads, att.num_kv_heads, att.head_dim
+    w1, w2 = _get(ts, "attn_norm.weight", i), _get(ts, "mlp_norm.weight", i)
+    b1, b2 = _opt(ts, "attn_norm.bias", (d,)), _opt(ts, "mlp_norm.bias", (d,))
+
+    def fold(name: str, w_in: torch.Tensor, b_in: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w = _get(ts, f"{name}.weight", i)
+        if w.shape != (rows, d):
+            raise BlockCertError(f"block {i}: {name}.weight has shape {tuple(w.shape)}, expected {(rows, d)}")
+        return w * w_in, w @ b_in + _opt(ts, f"{name}.bias", (rows,))
+
+    wq, bq = fold("attn.q", w1, b1, n_h * hd)
+    wk, bk = fold("attn.k", w1, b1, n_kv * hd)
+    wv, bv = fold("attn.v", w1, b1, n_kv * hd)
+    wo = _get(ts, "attn.o.weight", i)
+    bo = _opt(ts, "attn.o.bias", (d,))
+    wq, wk, wv = wq.view(n_h, hd, d), wk.view(n_kv, hd, d), wv.view(n_kv, hd, d)
+    bq, bk, bv = bq.view(n_h, hd), bk.view(n_kv, hd), bv.view(n_kv, hd)
+    groups = n_h // n_kv
+    wd = _get(ts, "mlp.down.weight", i)
+    m = wd.shape[1]
+    if spec.mlp.kind == "gated":
+        wg, bg = fold("mlp.gate", w2, b2, m)
+    else:
+        wg = bg = None
+    wu, bu = fold("mlp.up", w2, b2, m)
+    cos = sin = None
+    gain = 1.0
+    if att.rope:
+        cos, sin = _get(ts, "rope.cos", i), _get(ts, "rope.sin", i)
+        gain = rope_gain(cos, sin)
+    heads = range(n_h)
+    wo_h = [wo[:, h * hd : (h + 1) * hd] for h in heads]
+    return PreparedBlock(
+        index=i, family=spec.family, d=d, n_heads=n_h, n_kv=n_kv, head_dim=hd, scaling=float(att.scaling),
+        norm1=NormParams(spec.attn_norm.kind, float(spec.attn_norm.eps)),
+        norm2=NormParams(spec.mlp_norm.kind, float(spec.mlp_norm.eps)),
+        wq=wq, bq=bq, wk=wk, bk=bk, wv=wv, bv=bv, wo=wo, bo=bo,
+        rope_cos=cos, rope_sin=sin, rope_gain=gain,
+        nq=torch.tensor([spectral_upper(wq[h]) for h in heads], dtype=F64),
+        nk=torch.tensor([spectral_upper(wk[g]) for g in range(n_kv)], dtype=F64),
+        nv=torch.tensor([spectral_upper(wv[g]) for g in range(n_kv)], dtype=F64),
+        no=torch.tensor([spectral_upper(w) for w in wo_h], dtype=F64),
+        n_ov=torch.tensor([product_upper(wo_h[h], wv[h // groups]) for h in heads], dtype=F64),
+        n_o=spectral_upper(wo),
+        mlp_kind=spec.mlp.kind, activation=spec.mlp.activation,
+        wg=wg, bg=bg, wu=wu, bu=bu, wd=wd, bd=_opt(ts, "mlp.down.bias", (d,)),
+        n_d=spectral_upper(wd),
+    )

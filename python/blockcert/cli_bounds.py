@@ -1,0 +1,56 @@
+"""`blockcert bound RUN_DIR`: Lipschitz constants of every kind and the instantiated global bound (issue 5).
+
+Registered on the main app by cli.py. Writes RUN_DIR/bound.json (schema blockcert.bound/1), bound.md (the
+Markdown tables, also printed on stdout) and bound_ratio.png; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def bound(
+        run_dir: Annotated[Path, typer.Argument(help="run directory written by `blockcert extract`")],
+        radius: Annotated[
+            float | None,
+            typer.Option("--radius", help="bound on one max-token ball of this radius around every traced input "
+                                          "(default: per-token balls as large as the stitched replay's deviations)"),
+        ] = None,
+        model: Annotated[
+            str | None,
+            typer.Option("--model", help="the run's model, needed only for blocks the run holds no surrogate for "
+                                         "(checked by weights hash)"),
+        ] = None,
+        empirical_tokens: Annotated[
+            int, typer.Option("--empirical-tokens", help="output tokens per prompt for the empirical estimate (0: skip)")
+        ] = 2,
+        power_iters: Annotated[int, typer.Option("--power-iters", help="power iterations of the empirical estimate")] = 8,
+        pieces: Annotated[
+            int, typer.Option("--pieces", help="boxes covering each segment from traced to stitched input")
+        ] = 4,
+        threads: Annotated[int, typer.Option("--threads", help="torch threads (many small operations: 1 is fastest)")] = 1,
+        plot: Annotated[bool, typer.Option("--plot/--no-plot", help="write bound_ratio.png")] = True,
+    ) -> None:
+        """Bound every block's Lipschitz constant (sound global and local, empirical, trajectory) and compose them."""
+        from .bounds.artifact import BOUND_FILE, BOUND_PLOT, BOUND_TABLE
+        from .bounds.report import markdown
+        from .bounds.report import plot as draw
+        from .bounds.run import BoundOptions, analyse_run, build_artifact, stitch_measured
+        from .files import atomic_write_bytes, atomic_write_json
+        from .progress import say
+
+        opts = BoundOptions(run_dir, radius, model, empirical_tokens, power_iters, threads, pieces)
+        src, results = analyse_run(opts)
+        art = build_artifact(src, results, opts, stitch_measured(run_dir, results))
+        atomic_write_json(run_dir / BOUND_FILE, art.model_dump(mode="json"))
+        table = markdown(art)
+        atomic_write_bytes(run_dir / BOUND_TABLE, table.encode("utf-8"))
+        if plot:
+            draw(art, run_dir / BOUND_PLOT)
+        print(table, end="")
+        say(f"wrote {run_dir / BOUND_FILE}")
