@@ -123,7 +123,7 @@ def _bound(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> None:
     claimed = {k: round_up_sig(prefix_bounds([to_fraction(eps[i]) for i in range(len(layers))],
                                              [to_fraction(la[k] or 0.0) for la in layers])[-1], 6) for k in KINDS}
     art = BoundArtifact(
-        model=MODEL, prompts=PROMPTS, options=BoundOptionsRecord(radius=None, empirical_tokens=2, power_iters=8),
+        model=MODEL, prompts=PROMPTS, options=BoundOptionsRecord(radius=None, empirical_tokens=2, power_iters=8, pieces=1),
         block_certificates={str(c.block_index): c.digest for c in certs}, blocks=blocks,
         claimed_bound={k: decimal_str(v) for k, v in claimed.items()},
         bounds=tuple(KindBound(kind=k, sound=k in SOUND_KINDS, claimed_bound=decimal_str(claimed[k]),

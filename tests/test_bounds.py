@@ -49,6 +49,15 @@ T_LEN = 5  # tokens of the tiny test prompts: full Jacobians are (5·64)² entri
 # ---------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests run many small tensor operations: one thread is fastest, and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def toy_irs(toy_models) -> dict[str, list[BlockIR]]:
     """bf16 surrogate IRs of every block of two toy families (GQA + RoPE Llama, GPT-2), in float64."""
@@ -488,3 +497,19 @@ def test_prepare_block_refuses_an_ir_without_a_weight(toy_irs):
         prepare_block(BlockIR(ir.spec, ts))
     with pytest.raises(BlockCertError):
         prepare_block(replace(ir, tensors={**ir.tensors, "attn.q.weight": ir.tensors["attn.q.weight"][:-1]}))
+
+
+def test_bound_artifact_is_checked_when_read(cli, bf16_copy):
+    from blockcert.bounds.artifact import load_bound_artifact
+
+    run = bf16_copy("llama-gqa")
+    with pytest.raises(BlockCertError, match="run `blockcert bound"):
+        load_bound_artifact(run)
+    assert cli("bound", run, "--empirical-tokens", "0", "--no-plot").code == 0
+    art = load_bound_artifact(run)
+    assert art.formal_kind == "local" and set(art.claimed_bound) == {"global", "local", "empirical", "trajectory"}
+    data = json.loads((run / BOUND_FILE).read_text())
+    data["claimed_bound"]["local"] = "0"
+    (run / BOUND_FILE).write_text(json.dumps(data))
+    with pytest.raises(BlockCertError, match="digest"):
+        load_bound_artifact(run)

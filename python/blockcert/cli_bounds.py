@@ -1,7 +1,8 @@
 """`blockcert bound RUN_DIR`: Lipschitz constants of every kind and the instantiated global bound (issue 5).
 
 Registered on the main app by cli.py. Writes RUN_DIR/bound.json (schema blockcert.bound/1), bound.md (the
-Markdown tables, also printed on stdout) and bound_ratio.png; progress goes to stderr.
+Markdown tables, also printed on stdout) and bound_ratio.png; progress goes to stderr. Fails (one line,
+exit 1) on bad input, and when a measured deviation exceeds a bound that claims to be sound.
 """
 
 from __future__ import annotations
@@ -11,30 +12,36 @@ from typing import Annotated
 
 import typer
 
+RadiusOpt = Annotated[
+    float | None,
+    typer.Option("--radius", help="bound on the max-token ball of this radius around every traced input "
+                                  "(default: boxes covering the segment from each traced to each stitched input)"),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="the run's model: needed only for blocks the run holds no surrogate for "
+                                 "(checked by weights hash)"),
+]
+EmpiricalOpt = Annotated[
+    int, typer.Option("--empirical-tokens", help="output tokens per prompt for the empirical estimate (0: skip)")
+]
+ItersOpt = Annotated[int, typer.Option("--power-iters", help="power iterations of the empirical estimate")]
+PiecesOpt = Annotated[int, typer.Option("--pieces", help="boxes covering each traced-to-stitched segment")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", help="torch threads (mostly small operations: 1 is fastest)")]
+PlotOpt = Annotated[bool, typer.Option("--plot/--no-plot", help="write bound_ratio.png")]
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def bound(
         run_dir: Annotated[Path, typer.Argument(help="run directory written by `blockcert extract`")],
-        radius: Annotated[
-            float | None,
-            typer.Option("--radius", help="bound on one max-token ball of this radius around every traced input "
-                                          "(default: per-token balls as large as the stitched replay's deviations)"),
-        ] = None,
-        model: Annotated[
-            str | None,
-            typer.Option("--model", help="the run's model, needed only for blocks the run holds no surrogate for "
-                                         "(checked by weights hash)"),
-        ] = None,
-        empirical_tokens: Annotated[
-            int, typer.Option("--empirical-tokens", help="output tokens per prompt for the empirical estimate (0: skip)")
-        ] = 2,
-        power_iters: Annotated[int, typer.Option("--power-iters", help="power iterations of the empirical estimate")] = 8,
-        pieces: Annotated[
-            int, typer.Option("--pieces", help="boxes covering each segment from traced to stitched input")
-        ] = 4,
-        threads: Annotated[int, typer.Option("--threads", help="torch threads (many small operations: 1 is fastest)")] = 1,
-        plot: Annotated[bool, typer.Option("--plot/--no-plot", help="write bound_ratio.png")] = True,
+        radius: RadiusOpt = None,
+        model: ModelOpt = None,
+        empirical_tokens: EmpiricalOpt = 2,
+        power_iters: ItersOpt = 8,
+        pieces: PiecesOpt = 8,
+        threads: ThreadsOpt = 1,
+        plot: PlotOpt = True,
     ) -> None:
         """Bound every block's Lipschitz constant (sound global and local, empirical, trajectory) and compose them."""
         from .bounds.artifact import BOUND_FILE, BOUND_PLOT, BOUND_TABLE

@@ -8,6 +8,7 @@ bounds are exact decimals, themselves rounded up from the exact rational recursi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -92,3 +93,21 @@ class BoundArtifact(_Frozen):
 
     def kind(self, kind: str) -> KindBound:
         return next(b for b in self.bounds if b.kind == kind)
+
+
+def load_bound_artifact(run_dir: Path) -> BoundArtifact:
+    """RUN_DIR/bound.json, refused unless it matches its schema, its digest, and the run's block certificates."""
+    from ..certificate import load_model_file
+    from ..errors import BlockCertError
+    from ..runinputs import load_run
+
+    path = run_dir / BOUND_FILE
+    if not path.is_file():
+        raise BlockCertError(f"{run_dir} holds no {BOUND_FILE}; run `blockcert bound {run_dir}` first")
+    art = load_model_file(path, BoundArtifact, "bound file")
+    if art.body_digest() != art.digest:
+        raise BlockCertError(f"{BOUND_FILE} does not match its digest (edited?); rerun `blockcert bound`")
+    summary = load_run(run_dir)
+    if art.block_certificates != {str(e.index): e.digest for e in summary.blocks}:
+        raise BlockCertError(f"{BOUND_FILE} was computed for other block certificates; rerun `blockcert bound`")
+    return art

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .norm import kappa_global
-from .spectral import gamma, spectral_upper_many
+from .spectral import spectral_upper_many
 from .weights import F64, PreparedBlock
 
 _NUDGE = 1 + 1e-10  # covers the float64 rounding of the (short) sums and products that form each term
@@ -97,17 +97,6 @@ def rotation_matrices(prep: PreparedBlock, positions: torch.Tensor) -> torch.Ten
     return torch.diag_embed(cos) + sin[:, :, None] * rot[None]
 
 
-def psd_factor(q: torch.Tensor) -> torch.Tensor:
-    """L with L·Lᵀ ⪰ q (q symmetric PSD, [n, n]): Cholesky of q + τI, τ covering Cholesky's own rounding.
-
-    The computed factor satisfies L̂L̂ᵀ = q + τI + E with ‖E‖₂ ≤ γ_{n+1}‖L̂‖_F² (Higham, Thm 10.3) and
-    ‖L̂‖_F² = tr(q) + nτ up to rounding, so τ = 4γ_{n+1}·(tr q + 1e-300) makes E ⪰ −τI.
-    """
-    n = q.shape[0]
-    tau = 4 * float(gamma(n + 1)) * (float(torch.trace(q)) + 1e-300)
-    return torch.linalg.cholesky(q + tau * torch.eye(n, dtype=F64))
-
-
 def _quad_norm(y: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """sqrt(yᵀ·gram·y) along the last axis = ‖Wᵀ y‖ for gram = W Wᵀ (nudged up past its rounding)."""
     return torch.sqrt(torch.clamp(torch.einsum("...i,ij,...j->...", y, gram, y), min=0.0)) * _NUDGE + 1e-300
@@ -135,27 +124,29 @@ class AttentionGeometry:
         self.prep, self.c = prep, c
         rot = rotation_matrices(prep, positions)  # [T, hd, hd]
         g = prep.group_of_head
-        wo = prep.wo.view(prep.d, prep.n_heads, prep.head_dim)
-        terms = []
+        per_head, grams = [], []
         for h in range(prep.n_heads):
             p = c.probs[h]  # [T, S]
             v, k = c.v[:, h], c.k[:, h]  # [S, hd]
             v_c = v[None] - (p @ v)[:, None]  # [T, S, hd]
             k_c = k[None] - (p @ k)[:, None]
-            o_gram = wo[:, h].T @ wo[:, h]
-            wq_gram = prep.wq[h] @ prep.wq[h].T
-            u_dev = _quad_norm(v_c, o_gram)  # ‖u_s − ū_t‖  [T, S]
+            u_dev = _quad_norm(v_c, prep.o_gram[h])  # ‖u_s − ū_t‖  [T, S]
             qt = torch.einsum("tji,tsj->tsi", rot, k_c)  # R_tᵀ (k̃_s − k̄_t)
-            qk = _quad_norm(qt, wq_gram)  # ‖W_qᵀ R_tᵀ (k̃_s − k̄_t)‖
+            qk = _quad_norm(qt, prep.wq_gram[h])  # ‖W_qᵀ R_tᵀ (k̃_s − k̄_t)‖
             cmat = torch.einsum("ts,tsi,tsj->tij", p, v_c, k_c)  # C_t  [T, hd, hd]
-            side = cmat @ (rot @ psd_factor(wq_gram))  # C_t R_t L
-            up, _ = spectral_upper_many(side.transpose(1, 2) @ o_gram @ side, rtol=1e-2)
+            side = cmat @ (rot @ prep.wq_factor[h])  # C_t R_t L
+            grams.append(side.transpose(1, 2) @ prep.o_gram[h] @ side)
+            kt = torch.einsum("sji,tj->tsi", rot, c.q[:, h])  # R_sᵀ q̃_t  [T, S, hd]
+            per_head.append((u_dev, qk, _quad_norm(kt, prep.wk_gram[int(g[h])]), p))
+        # λ_max of every head's and query's hd × hd Gram matrix in one batched Gram iteration.
+        up, _ = spectral_upper_many(torch.cat(grams), rtol=1e-2)
+        up = up.view(prep.n_heads, -1)
+        terms = []
+        for h, (u_dev, qk, kq, p) in enumerate(per_head):
             # Rounding in forming C_t and the Gram: far below 1e-10 of the same quantity bounded term by
             # term (Σ_s A_ts‖u_s − ū_t‖‖W_qᵀR_tᵀ(k̃_s − k̄_t)‖), which is added at that relative size.
-            cross = torch.sqrt(up * _NUDGE) * _NUDGE + 1e-10 * (p * u_dev * qk).sum(-1)
-            kt = torch.einsum("sji,tj->tsi", rot, c.q[:, h])  # R_sᵀ q̃_t  [T, S, hd]
-            wk = prep.wk[int(g[h])]
-            terms.append(_HeadTerms(cross=cross, u_dev=u_dev, qk=qk, kq=_quad_norm(kt, wk @ wk.T)))
+            cross = torch.sqrt(up[h] * _NUDGE) * _NUDGE + 1e-10 * (p * u_dev * qk).sum(-1)
+            terms.append(_HeadTerms(cross=cross, u_dev=u_dev, qk=qk, kq=kq))
         self.terms = terms
 
     def _weights(self, h: int, tm: _HeadTerms, eta: torch.Tensor):

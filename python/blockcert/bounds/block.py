@@ -124,16 +124,27 @@ def local_bound(prep: PreparedBlock, sets: list[Neighbourhood]) -> LocalBound:
     zero = any(p.zero_norm for p in parts) or bool((rho_z >= rad2).any())
     k2 = kappa(prep.norm2, rad2, rho_z, d)
     box = local_boxes(prep, normalise(prep.norm2, z), eta(k2, rho_z, d))
-    # One envelope for the box radii of every token, each scaled by its own κ: κ_t·radius_t ≤ R for all t.
-    radius = split_bound(prep, (k2[:, None] * box.half).amax(0))
+    # One envelope of the box radii per prompt, each token's scaled by its own κ: κ_t·radius_t ≤ R_p for
+    # every token t of prompt p (a per-token split would cost two spectral norms per token).
+    sizes = [s.x.shape[0] for s in sets]
+    scaled = k2[:, None] * box.half
+    radius = torch.cat([torch.full((n,), split_bound(prep, part.amax(0)), dtype=F64)
+                        for part, n in zip(scaled.split(sizes), sizes, strict=True)])
 
     def block_const(i: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-        return (1 + k2[i] * center + radius) * (1 + a[i])
+        return (1 + k2[i] * center + radius[i]) * (1 + a[i])
 
     centers, refined = center_norms(prep, box.mid, block_const)
     m = k2 * centers + radius
     per = (1 + m) * (1 + a)
-    sizes = [s.x.shape[0] for s in sets]
+    # The envelope is loose for any single token: give the token that sets the maximum its own split
+    # bound, until the maximum is held by a token that already has it (each value stays an upper bound).
+    own = torch.zeros(a.shape[0], dtype=torch.bool)
+    while not bool(own[int(per.argmax())]):
+        i = int(per.argmax())
+        own[i] = True
+        m[i] = k2[i] * centers[i] + min(float(radius[i]), split_bound(prep, k2[i] * box.half[i]))
+        per[i] = (1 + m[i]) * (1 + a[i])
     return LocalBound(
         lipschitz=float(per.max()) * (1 + 1e-9), k_attn=float(a.max()), k_mlp=float(m.max()),
         per_token=tuple(t * (1 + 1e-9) for t in per.split(sizes)), zero_norm=zero,

@@ -12,8 +12,9 @@ with center c and half-widths h, K = K(c) + W_d(diag(δ_α)W_g + diag(δ_β)W_u)
 
     ‖W_d diag(δ) W‖ ≤ ‖W_d diag(√h)‖·‖diag(√h) W‖                       (split through the diagonal)
 
-(stacked over the gate and up halves). ‖K(c)‖ is computed per token, exactly up to the Gram iteration's
-rounding allowance, since it is what dominates; the radius part is one envelope over all tokens.
+(stacked over the gate and up halves). ‖K(c)‖ is computed per token (Gram iteration, with its rounding
+allowance) for the tokens that can set the block's maximum, the others keeping a cheap Frobenius bound;
+the radius part is one envelope per prompt, refined per token for the token that sets the maximum.
 """
 
 from __future__ import annotations

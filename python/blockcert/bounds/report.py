@@ -3,9 +3,11 @@ bound / measured against the number of stitched blocks."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
+from ..files import atomic_write_bytes
 from .artifact import BoundArtifact
 
 _LABEL = {
@@ -99,7 +101,8 @@ def plot(art: BoundArtifact, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path

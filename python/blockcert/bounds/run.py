@@ -11,7 +11,6 @@ estimate. The instantiated bound Σ ε_i Π_{j>i} L_j is then computed per kind 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -58,7 +57,7 @@ class BoundOptions:
     empirical_tokens: int = 2
     power_iters: int = 8
     threads: int = 1  # torch intra-op threads; the bound's many small operations run fastest on one
-    pieces: int = 4  # boxes covering each segment [x_i, x̂_i] (more: tighter and slower)
+    pieces: int = 8  # boxes covering each segment [x_i, x̂_i] (more: tighter and slower)
 
 
 @dataclass(frozen=True)
@@ -105,8 +104,6 @@ def _check_radius(radius: float, i: int, x: torch.Tensor, tok_in: torch.Tensor, 
         )
 
 
-
-
 def _candidates(local: LocalBound, lengths: list[int], k: int) -> torch.Tensor:
     """Per prompt the k tokens whose sound per-token bound is largest (where the Jacobian is likely largest)."""
     rows = []
@@ -142,7 +139,7 @@ class _Source:
             self.valid, self.positions = batch.valid, batch.positions
 
     def block(self, i: int, x_native: torch.Tensor | None):
-        """(ir, x_i, x_{i+1}, surrogate function, ε_i, certificate digest or None)."""
+        """(IR, x_i, x_{i+1}, the block as a function, ε_i, its certificate or None for a native block)."""
         if i in self.have:
             cert = block_certificate(self.opts.run_dir, self.summary, i)
             if cert.metrics.epsilon is None:
@@ -199,7 +196,7 @@ def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps, cert, opts,
     return res, y_hat
 
 
-def analyse_run(opts: BoundOptions, progress: Callable | None = None) -> tuple[_Source, list[BlockResult]]:
+def analyse_run(opts: BoundOptions) -> tuple[_Source, list[BlockResult]]:
     if opts.radius is not None and not (math.isfinite(opts.radius) and opts.radius >= 0):
         raise BlockCertError(f"--radius must be a finite number ≥ 0, not {opts.radius}")
     if opts.empirical_tokens < 0 or opts.power_iters < 1 or opts.pieces < 1:

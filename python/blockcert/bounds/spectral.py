@@ -97,6 +97,17 @@ def product_upper(x: torch.Tensor, y: torch.Tensor, roundings: int = 0) -> float
     return float_up(Fraction(spectral_upper(prod)) + err)
 
 
+def psd_factor(q: torch.Tensor) -> torch.Tensor:
+    """L with L·Lᵀ ⪰ q (q symmetric PSD, [n, n]): Cholesky of q + τI, τ covering Cholesky's own rounding.
+
+    The computed factor satisfies L̂L̂ᵀ = q + τI + E with ‖E‖₂ ≤ γ_{n+1}‖L̂‖_F² (Higham, Thm 10.3) and
+    ‖L̂‖_F² = tr(q) + nτ up to rounding, so τ = 4γ_{n+1}·(tr q + 1e-300) makes E ⪰ −τI.
+    """
+    n = q.shape[0]
+    tau = 4 * float(gamma(n + 1)) * (float(torch.trace(q)) + 1e-300)
+    return torch.linalg.cholesky(q + tau * torch.eye(n, dtype=torch.float64))
+
+
 def power_lower(a: torch.Tensor, iters: int = 50, seed: int = 0) -> float:
     """Power-iteration estimate of σ_max(a): a LOWER estimate (‖a·v‖ for a unit v), never an upper bound."""
     g = a.detach().to(torch.float64)

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import BlockCertError
 from ..ir import BlockIR
-from .spectral import product_upper, spectral_upper
+from .spectral import product_upper, psd_factor, spectral_upper
 
 F64 = torch.float64
 
@@ -67,6 +67,11 @@ class PreparedBlock:
     wd: torch.Tensor  # [d, m]
     bd: torch.Tensor
     n_d: float  # ‖W_d‖
+    # head-dimension Gram matrices the attention bound is computed with
+    wq_gram: torch.Tensor  # [H, hd, hd] W_q^h W_q^hᵀ
+    wq_factor: torch.Tensor  # [H, hd, hd] L with L Lᵀ ⪰ W_q^h W_q^hᵀ
+    wk_gram: torch.Tensor  # [G, hd, hd]
+    o_gram: torch.Tensor  # [H, hd, hd] W_o^hᵀ W_o^h
 
     @property
     def group_of_head(self) -> torch.Tensor:
@@ -149,4 +154,8 @@ def prepare_block(ir: BlockIR) -> PreparedBlock:
         mlp_kind=spec.mlp.kind, activation=spec.mlp.activation,
         wg=wg, bg=bg, wu=wu, bu=bu, wd=wd, bd=_opt(ts, "mlp.down.bias", (d,)),
         n_d=spectral_upper(wd),
+        wq_gram=wq @ wq.transpose(1, 2),
+        wq_factor=torch.stack([psd_factor(wq[h] @ wq[h].T) for h in heads]),
+        wk_gram=wk @ wk.transpose(1, 2),
+        o_gram=torch.stack([w.T @ w for w in wo_h]),
     )
