@@ -116,14 +116,15 @@ def _bound(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> None:
     layers = bs["layers"]
     blocks = tuple(
         BlockBound(index=i, stitched=i in by_index, epsilon=eps[i], input_deviation=0.0, output_deviation=0.0,
-                   radius=0.0, constants=tuple(Constant(kind=k, value=la[k], sound=k in SOUND_KINDS,
+                   radius=0.0, constants=tuple(Constant(kind=k, value=la.get(k), sound=k in SOUND_KINDS,
                                                         assumptions=("fixture",)) for k in KINDS))
         for i, la in enumerate(layers)
     )
     claimed = {k: round_up_sig(prefix_bounds([to_fraction(eps[i]) for i in range(len(layers))],
-                                             [to_fraction(la[k] or 0.0) for la in layers])[-1], 6) for k in KINDS}
+                                             [to_fraction(la.get(k) or 0.0) for la in layers])[-1], 6) for k in KINDS}
     art = BoundArtifact(
-        model=MODEL, prompts=PROMPTS, options=BoundOptionsRecord(radius=None, empirical_tokens=2, power_iters=8, pieces=1),
+        model=MODEL, prompts=PROMPTS,
+        options=BoundOptionsRecord(radius=None, empirical_tokens=2, power_iters=8, pieces=1),
         block_certificates={str(c.block_index): c.digest for c in certs}, blocks=blocks,
         claimed_bound={k: decimal_str(v) for k, v in claimed.items()},
         bounds=tuple(KindBound(kind=k, sound=k in SOUND_KINDS, claimed_bound=decimal_str(claimed[k]),

@@ -33,6 +33,7 @@ from blockcert.bounds.attention import (
 from blockcert.bounds.block import ball, global_bound, local_bound, segment_cover
 from blockcert.bounds.empirical import jacobian_norm_lower
 from blockcert.bounds.norm import eta, kappa, normalise, radial
+from blockcert.bounds.pointwise import Enclosure, pointwise_constant, run_block_enclosed
 from blockcert.bounds.run import check_sound
 from blockcert.bounds.spectral import power_lower, spectral_upper, spectral_upper_many
 from blockcert.bounds.weights import NormParams, prepare_block
@@ -361,8 +362,83 @@ def test_empirical_estimate_is_a_lower_estimate(toy_irs):
     assert float(est[0]) <= local.lipschitz
 
 
+def _all_float64(ir: BlockIR) -> BlockIR:
+    """The IR without its declared float32 norm / softmax steps, so that float64 inputs stay float64."""
+    spec = ir.spec
+    norms = {k: getattr(spec, k).model_copy(update={"compute_dtype": None}) for k in ("attn_norm", "mlp_norm")}
+    attn = spec.attention.model_copy(update={"softmax_dtype": None})
+    return BlockIR(spec.model_copy(update={**norms, "attention": attn}), ir.tensors)
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa", "gpt2"])
+def test_block_enclosure_contains_the_block_on_every_sampled_input(toy_irs, variant):
+    """Input boxes wide enough (1e-8) that the range arguments, not rounding, decide: every sampled input's
+    float64 output must lie in the enclosure. Interval arithmetic loses the correlations a linear map keeps
+    (|W|·rad), so on boxes it is loose; the kind only ever evaluates points (radius 0, see below)."""
+    ir = toy_irs[variant][1]
+    fn = _block_fn(_all_float64(ir))
+    gen = torch.Generator().manual_seed(21)
+    valid, pos = torch.ones(1, T_LEN, dtype=torch.bool), torch.arange(T_LEN)[None]
+    for seed in range(2):
+        x = _prompt(seed + 11, ir.spec.hidden_size)
+        rad = torch.full_like(x, 1e-8)
+        enc = run_block_enclosed(ir, Enclosure(x[None], rad[None]), valid, pos)
+        spread = torch.zeros_like(x)
+        for _ in range(24):
+            u = torch.rand(x.shape, generator=gen, dtype=F64)
+            y = x + rad * torch.where(u < 0.25, -1.0, torch.where(u > 0.75, 1.0, 2 * u - 1))  # corners often
+            out = fn(y)
+            assert bool(((out - enc.mid[0]).abs() <= enc.rad[0]).all())
+            spread = torch.maximum(spread, (out - fn(x)).abs())
+        # An enclosure, not a vacuous one: far narrower than the outputs themselves.
+        assert float(enc.rad.max()) < 1e5 * float(spread.max()) and float(enc.rad.max()) < 1e-2
+    point = run_block_enclosed(ir, Enclosure.point(x[None]), valid, pos)
+    # At a point only rounding (~1e-16, amplified by the same |W| sums) widens it.
+    assert float((point.rad / (1 + point.mid.abs())).max()) < 1e-6
+
+
+def test_softmax_enclosure_contains_every_softmax_of_the_box():
+    from blockcert.bounds.pointwise import softmax
+
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()
+    mid = torch.randn(6, 6, generator=gen, dtype=F64) * 4
+    rad = torch.rand(6, 6, generator=gen, dtype=F64) * 0.3
+    enc = softmax(Enclosure(mid, rad), mask)
+    for _ in range(200):
+        u = torch.rand(6, 6, generator=gen, dtype=F64)
+        z = mid + rad * torch.where(u < 0.3, -1.0, torch.where(u > 0.7, 1.0, 2 * u - 1))
+        p = torch.softmax(z.masked_fill(~mask, -math.inf), dim=-1)
+        assert bool(((p - enc.mid).abs() <= enc.rad).all())
+    # Each p_s is smallest at the corner z_s = lo_s, z_r = hi_r (r ≠ s): the enclosure is the exact range.
+    for s in range(6):
+        corner = torch.where(torch.arange(6) == s, mid - rad, mid + rad)
+        p_min = torch.softmax(corner.masked_fill(~mask, -math.inf), dim=-1)[:, s]
+        assert torch.allclose(enc.mid[:, s] - enc.rad[:, s], p_min, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa", "gpt2"])
+def test_pointwise_constant_bounds_the_exact_ratio_and_no_more(toy_irs, variant):
+    ir = toy_irs[variant][2]
+    prep = prepare_block(ir)
+    fn = _block_fn(_all_float64(ir))  # the reference: the same real function, in float64 throughout
+    valid, pos = torch.ones(1, T_LEN, dtype=torch.bool), torch.arange(T_LEN)[None]
+    gen = torch.Generator().manual_seed(3)
+    for seed in range(3):
+        x = _prompt(seed, prep.d).to(torch.float32)  # the stored traces are float32: exact inputs
+        x_hat = x + 0.05 * torch.randn(x.shape, generator=gen).to(torch.float32)
+        x64, xh64 = x.to(F64), x_hat.to(F64)
+        ratio = float((fn(xh64) - fn(x64)).norm(dim=-1).max() / (xh64 - x64).norm(dim=-1).max())
+        lp = pointwise_constant(ir, x[None], x_hat[None], valid, pos)
+        assert ratio <= lp <= ratio * (1 + 1e-6)  # float64 evaluation is within 1e-15 of the exact ratio
+        # The ratio at two points of a ball never exceeds a Lipschitz bound valid on that ball.
+        radius = float((xh64 - x64).norm(dim=-1).max()) * (1 + 1e-6)
+        assert lp <= local_bound(prep, [ball(x64, radius, torch.arange(T_LEN))]).lipschitz
+    assert pointwise_constant(ir, x[None], x[None], valid, pos) == 0.0  # x̂ = x: any L holds, 0 included
+
+
 def test_check_sound_fails_loudly_when_a_sound_bound_is_below_the_measurement():
-    prefix = {k: [Fraction(1), Fraction(2)] for k in ("global", "local", "empirical", "trajectory")}
+    prefix = {k: [Fraction(1), Fraction(2)] for k in ("global", "local", "pointwise", "empirical", "trajectory")}
     check_sound(prefix, [1.0, 2.0])
     prefix["local"] = [Fraction(1), Fraction(3, 2)]
     with pytest.raises(BlockCertError, match="exceeds the local bound"):
@@ -424,14 +500,21 @@ def test_bound_command_on_a_bf16_run(cli, bf16_copy, variant):
         assert claimed == _recompute(art, kb.kind)  # the same exact rational path, recomputed by hand
         if kb.sound:
             assert claimed >= exact.to_fraction(art.measured_deviation)
-    assert art.formal_kind == "local"
-    assert Fraction(art.claimed_bound["local"]) <= Fraction(art.claimed_bound["global"])
+    assert art.formal_kind == "pointwise"
+    assert Fraction(art.claimed_bound["pointwise"]) <= Fraction(art.claimed_bound["local"]) \
+        <= Fraction(art.claimed_bound["global"])
     for b in art.blocks:
         c = {x.kind: x for x in b.constants}
-        assert c["local"].sound and c["global"].sound and not c["empirical"].sound and not c["trajectory"].sound
+        assert c["local"].sound and c["global"].sound and c["pointwise"].sound
+        assert not c["empirical"].sound and not c["trajectory"].sound
         assert c["empirical"].value <= c["local"].value <= c["global"].value
+        assert c["pointwise"].value <= c["local"].value
+        if c["trajectory"].value is not None:  # the float32 replay's ratio, within its rounding
+            assert c["trajectory"].value <= c["pointwise"].value * (1 + 1e-3)
         assert all(x.assumptions for x in b.constants)
-    assert art.blocks[0].constants[3].value is None  # x̂_0 = x_0: the trajectory ratio is undefined
+    first = {x.kind: x for x in art.blocks[0].constants}
+    assert first["trajectory"].value is None  # x̂_0 = x_0: the trajectory ratio is undefined
+    assert first["pointwise"].value == 0.0  # ... and the pointwise hypothesis holds for every L
 
 
 def test_bound_command_with_a_fixed_radius(cli, bf16_copy):
@@ -507,7 +590,8 @@ def test_bound_artifact_is_checked_when_read(cli, bf16_copy):
         load_bound_artifact(run)
     assert cli("bound", run, "--empirical-tokens", "0", "--no-plot").code == 0
     art = load_bound_artifact(run)
-    assert art.formal_kind == "local" and set(art.claimed_bound) == {"global", "local", "empirical", "trajectory"}
+    assert art.formal_kind == "pointwise"
+    assert set(art.claimed_bound) == {"global", "local", "pointwise", "empirical", "trajectory"}
     data = json.loads((run / BOUND_FILE).read_text())
     data["claimed_bound"]["local"] = "0"
     (run / BOUND_FILE).write_text(json.dumps(data))

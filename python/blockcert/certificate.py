@@ -11,27 +11,24 @@ import json
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import INTERPRETER_VERSION, __version__
 from .errors import BlockCertError
-from .files import atomic_write_json, canonical_json, read_json, sha256_bytes
+from .files import atomic_write_json, read_json
 from .metrics import BlockMetrics, Policy, Thresholds
+from .records import Frozen, Sealed
 
 BLOCK_SCHEMA = "blockcert.block-certificate/1"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ToolInfo(_Frozen):
+class ToolInfo(Frozen):
     name: Literal["blockcert"] = "blockcert"
     version: str = __version__
     interpreter: str = INTERPRETER_VERSION
 
 
-class ModelInfo(_Frozen):
+class ModelInfo(Frozen):
     name: str
     source: str
     architecture: str
@@ -42,7 +39,7 @@ class ModelInfo(_Frozen):
     device: Literal["cpu", "cuda"]
 
 
-class PromptInfo(_Frozen):
+class PromptInfo(Frozen):
     name: str
     description: str
     sha256: str  # of the prompt texts
@@ -51,7 +48,7 @@ class PromptInfo(_Frozen):
     n_tokens: int
 
 
-class Tolerances(_Frozen):
+class Tolerances(Frozen):
     """How far a re-computation on another machine may differ and still agree (float rounding only).
 
     `replay_atol` bounds |Δe(p,t)| for a replay of the same surrogate on the same traces;
@@ -63,7 +60,7 @@ class Tolerances(_Frozen):
     loss_atol: float
 
 
-class BlockCertificate(_Frozen):
+class BlockCertificate(Sealed):
     schema_version: Literal["blockcert.block-certificate/1"] = BLOCK_SCHEMA
     tool: ToolInfo = ToolInfo()
     model: ModelInfo
@@ -79,11 +76,6 @@ class BlockCertificate(_Frozen):
     reasons: tuple[str, ...]
     digest: str = ""
 
-    def body_digest(self) -> str:
-        return sha256_bytes(canonical_json(self.model_dump(mode="json", exclude={"digest"})).encode("utf-8"))
-
-    def sealed(self) -> BlockCertificate:
-        return self.model_copy(update={"digest": self.body_digest()})
 
 
 M = TypeVar("M", bound=BaseModel)

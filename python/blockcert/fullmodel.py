@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .certificate import ModelInfo, PromptInfo, ToolInfo
-from .files import canonical_json, sha256_bytes
+from .records import Frozen, Sealed
 
 FULL_MODEL_SCHEMA = "blockcert.full-model-certificate/1"
 EVALUATION_SCHEMA = "blockcert.full-model-metrics/1"
@@ -29,11 +29,7 @@ EVALUATION_FILE = "full_model_metrics.json"
 SEMANTIC_FILE = "full_model_semantic.json"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class FullModelPolicy(_Frozen):
+class FullModelPolicy(Frozen):
     """When a stitched model counts as a faithful replacement of the native one on the prompts."""
 
     max_relative_delta_ppl: float = Field(1e-3, ge=0)  # |PPL_stitched − PPL_base| / PPL_base
@@ -41,7 +37,7 @@ class FullModelPolicy(_Frozen):
     require_certified_blocks: bool = True  # every referenced block certificate says certified
 
 
-class FullModelTolerances(_Frozen):
+class FullModelTolerances(Frozen):
     """How far a recomputation on another machine may drift and still agree (float rounding only).
 
     `residual_atol` bounds the change of any per-layer deviation figure, `loss_atol` of any per-token
@@ -53,12 +49,12 @@ class FullModelTolerances(_Frozen):
     logit_atol: float
 
 
-class TokenRef(_Frozen):
+class TokenRef(Frozen):
     prompt: int
     position: int
 
 
-class LayerDeviation(_Frozen):
+class LayerDeviation(Frozen):
     """Baseline vs stitched residual stream after block `layer` (one entry per layer of the model).
 
     `mae` follows the paper's convention (eq. 5): the mean over tokens of ||x̂_t − x_t||₂;
@@ -75,7 +71,7 @@ class LayerDeviation(_Frozen):
     baseline_max_norm: float | None  # max_t ||x_t||₂ of the baseline stream, for scale
 
 
-class PromptEvaluation(_Frozen):
+class PromptEvaluation(Frozen):
     """Token-level record of one prompt of n tokens. None marks a non-finite loss."""
 
     prompt: int
@@ -86,7 +82,7 @@ class PromptEvaluation(_Frozen):
     stitched_next: tuple[int, ...]
 
 
-class FullModelMetrics(_Frozen):
+class FullModelMetrics(Frozen):
     """Global metrics of a stitched replay.
 
     Perplexity is corpus level: exp of the mean NLL over every next-token position of every prompt.
@@ -123,7 +119,7 @@ class FullModelMetrics(_Frozen):
     next_token_agreement: float
 
 
-class FullModelEvaluation(_Frozen):
+class FullModelEvaluation(Frozen):
     """full_model_metrics.json: everything the certificate's global metrics are computed from."""
 
     schema_version: Literal["blockcert.full-model-metrics/1"] = EVALUATION_SCHEMA
@@ -137,14 +133,14 @@ class FullModelEvaluation(_Frozen):
     metrics: FullModelMetrics
 
 
-class BlockRef(_Frozen):
+class BlockRef(Frozen):
     index: int
     certificate: str  # path relative to the run directory
     digest: str  # the block certificate's own digest
     certified: bool
 
 
-class SemanticMetrics(_Frozen):
+class SemanticMetrics(Frozen):
     """§6.7: fidelity (stitched vs baseline) and absolute correctness (each vs human labels), apart."""
 
     n_prompts: int
@@ -156,7 +152,7 @@ class SemanticMetrics(_Frozen):
     stitched_accuracy: float
 
 
-class SemanticRecord(_Frozen):
+class SemanticRecord(Frozen):
     probe_name: str
     probe_sha256: str
     labelling: str  # the labelling convention's identifier (semantic.LABELLING)
@@ -165,7 +161,7 @@ class SemanticRecord(_Frozen):
     metrics: SemanticMetrics
 
 
-class FullModelCertificate(_Frozen):
+class FullModelCertificate(Sealed):
     schema_version: Literal["blockcert.full-model-certificate/1"] = FULL_MODEL_SCHEMA
     tool: ToolInfo = ToolInfo()
     model: ModelInfo
@@ -182,11 +178,6 @@ class FullModelCertificate(_Frozen):
     reasons: tuple[str, ...]
     digest: str = ""
 
-    def body_digest(self) -> str:
-        return sha256_bytes(canonical_json(self.model_dump(mode="json", exclude={"digest"})).encode("utf-8"))
-
-    def sealed(self) -> FullModelCertificate:
-        return self.model_copy(update={"digest": self.body_digest()})
 
 
 def index_ranges(xs: list[int]) -> str:

@@ -45,7 +45,8 @@ def _linear(ts: dict, name: str, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, ts[f"{name}.weight"], ts.get(f"{name}.bias"))
 
 
-def _activation(name: str, x: torch.Tensor) -> torch.Tensor:
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The MLP activation an IR names (`MlpSpec.activation`); the bounds evaluate this same function."""
     if name == "silu":
         return F.silu(x)
     if name == "gelu":
@@ -54,10 +55,12 @@ def _activation(name: str, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x, approximate="tanh")
     if name == "gelu_new":
         return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0))))
-    return F.relu(x)
+    if name == "relu":
+        return F.relu(x)
+    raise ValueError(f"unsupported activation {name!r}")
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
@@ -88,8 +91,8 @@ def _attention(
                 f"position {int(positions.max())} is beyond the IR's rotary table ({table.shape[0]} positions)"
             )
         cos, sin = table[positions][:, None], ts["rope.sin"][positions][:, None]
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
     k, v = _repeat_kv(k, n // n_kv), _repeat_kv(v, n // n_kv)
     scores = torch.matmul(q, k.transpose(2, 3)) * spec.scaling
     blocked = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
@@ -104,9 +107,9 @@ def _attention(
 
 def _mlp(spec: MlpSpec, ts: dict, h: torch.Tensor) -> torch.Tensor:
     if spec.kind == "gated":
-        gate = _activation(spec.activation, _linear(ts, "mlp.gate", h))
+        gate = activation(spec.activation, _linear(ts, "mlp.gate", h))
         return _linear(ts, "mlp.down", gate * _linear(ts, "mlp.up", h))
-    return _linear(ts, "mlp.down", _activation(spec.activation, _linear(ts, "mlp.up", h)))
+    return _linear(ts, "mlp.down", activation(spec.activation, _linear(ts, "mlp.up", h)))
 
 
 def run_block_with_decisions(

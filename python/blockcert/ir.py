@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from .errors import BlockCertError
 from .files import atomic_save_safetensors, atomic_write_json, read_json
 from .native import NativeModel
+from .records import Frozen
 
 IR_FORMAT = "blockcert.ir/1"
 # Rotary tables cover positions [0, ROPE_TABLE_MAX) (or the model's context, if shorter), so a
@@ -24,18 +24,14 @@ IR_FORMAT = "blockcert.ir/1"
 ROPE_TABLE_MAX = 2048
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class NormSpec(_Frozen):
+class NormSpec(Frozen):
     kind: Literal["rms", "layer"]
     eps: float
     # Llama's RMSNorm upcasts to float32 internally whatever the model dtype; the IR says so.
     compute_dtype: Literal["float32"] | None = None
 
 
-class AttentionSpec(_Frozen):
+class AttentionSpec(Frozen):
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -46,13 +42,13 @@ class AttentionSpec(_Frozen):
     softmax_dtype: Literal["float32"] | None = None
 
 
-class MlpSpec(_Frozen):
+class MlpSpec(Frozen):
     kind: Literal["gated", "plain"]
     activation: Literal["silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu"]
     bias: bool
 
 
-class Op(_Frozen):
+class Op(Frozen):
     op: Literal["norm", "attention", "mlp", "residual"]
     weights: str | None = None
 
@@ -60,7 +56,7 @@ class Op(_Frozen):
 SurrogateKind = Literal["exact", "bf16", "fp16"]
 
 
-class BlockSpec(_Frozen):
+class BlockSpec(Frozen):
     format: Literal["blockcert.ir/1"] = IR_FORMAT
     family: Literal["llama", "gpt2"]
     block_index: int

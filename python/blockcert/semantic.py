@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from .certificate import ModelInfo, write_model_file
 from .errors import BlockCertError
@@ -31,6 +31,7 @@ from .files import atomic_write_json, canonical_json, sha256_bytes, sha256_file
 from .fullmodel import CERTIFICATE_FILE, SEMANTIC_FILE, FullModelCertificate, SemanticMetrics, SemanticRecord
 from .native import NativeModel, encode
 from .progress import say
+from .records import Frozen
 from .runinputs import load_certified_ir, load_run, load_run_model
 from .stitch import PairedReplay, load_full_certificate, paired_replay, stitched_block_certificates
 
@@ -38,17 +39,13 @@ LABELLING = "blockcert.first-token/1"
 SEMANTIC_SCHEMA = "blockcert.semantic-probe-eval/1"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ProbeItem(_Frozen):
+class ProbeItem(Frozen):
     category: str
     prompt: str
     label: str
 
 
-class Probe(_Frozen):
+class Probe(Frozen):
     name: str
     description: str
     labelling: Literal["blockcert.first-token/1"]
@@ -107,7 +104,7 @@ def is_correct(answer: str, label_token: str) -> bool:
     return bool(answer) and answer == label_token
 
 
-class SemanticItem(_Frozen):
+class SemanticItem(Frozen):
     index: int
     category: str
     prompt: str
@@ -136,7 +133,7 @@ def semantic_metrics(items: tuple[SemanticItem, ...]) -> SemanticMetrics:
     )
 
 
-class SemanticEvaluation(_Frozen):
+class SemanticEvaluation(Frozen):
     """full_model_semantic.json."""
 
     schema_version: Literal["blockcert.semantic-probe-eval/1"] = SEMANTIC_SCHEMA

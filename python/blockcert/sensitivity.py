@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from .certificate import BlockCertificate, ModelInfo, PromptInfo
 from .errors import BlockCertError
@@ -22,6 +22,7 @@ from .files import atomic_write_json
 from .markdown import markdown_table
 from .metrics import BlockMetrics, Policy, PromptMetrics, Thresholds, block_metrics, per_prompt_metrics, verdict
 from .progress import say, track
+from .records import Frozen
 from .replay import replay
 from .runinputs import (
     block_certificate,
@@ -37,14 +38,10 @@ DEFAULT_MIN_COV_LOSS = 0.90
 DEFAULT_KS = (1, 4, 10)
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 # ---------------------------------------------------------------- schemas
 
 
-class ShiftBlock(_Frozen):
+class ShiftBlock(Frozen):
     index: int
     certificate_digest: str
     before: BlockMetrics  # as certified, on the run's prompts
@@ -54,7 +51,7 @@ class ShiftBlock(_Frozen):
     reasons_after: tuple[str, ...]
 
 
-class ShiftReport(_Frozen):
+class ShiftReport(Frozen):
     schema_version: Literal["blockcert.prompt-shift/1"] = "blockcert.prompt-shift/1"
     model: ModelInfo
     certified_prompts: PromptInfo
@@ -64,7 +61,7 @@ class ShiftReport(_Frozen):
     blocks: tuple[ShiftBlock, ...]
 
 
-class ThresholdRow(_Frozen):
+class ThresholdRow(Frozen):
     index: int
     certificate_digest: str
     n_prompts: int
@@ -73,7 +70,7 @@ class ThresholdRow(_Frozen):
     cov_loss: tuple[float, ...]  # per prompt
 
 
-class ThresholdReport(_Frozen):
+class ThresholdReport(Frozen):
     schema_version: Literal["blockcert.threshold-sensitivity/1"] = "blockcert.threshold-sensitivity/1"
     model: ModelInfo
     prompts: PromptInfo
@@ -83,14 +80,14 @@ class ThresholdReport(_Frozen):
     rows: tuple[ThresholdRow, ...]
 
 
-class PromptSizeRow(_Frozen):
+class PromptSizeRow(Frozen):
     index: int
     certificate_digest: str
     min_cov_act: tuple[float, ...]  # per k: min over the first k prompts of cov_act
     cov_act: tuple[float, ...]  # per prompt
 
 
-class PromptSizeReport(_Frozen):
+class PromptSizeReport(Frozen):
     schema_version: Literal["blockcert.prompt-size/1"] = "blockcert.prompt-size/1"
     model: ModelInfo
     prompts: PromptInfo

@@ -7,17 +7,17 @@ open BlockCert
 def run : Run :=
   { policy := ⟨⟨47, 50⟩, ⟨9, 10⟩⟩,
     blocks := [
-      { index := 0, epsilon := ⟨5252817230766247, 144115188075855872⟩, lipschitz := some ⟨1299038907785973, 549755813888⟩,
+      { index := 0, epsilon := ⟨5252817230766247, 144115188075855872⟩, lipschitz := some ⟨0, 1⟩,
         actCovered := 390, nTokens := 390, lossCovered := ⟨8266810062637865, 4398046511104⟩, lossTotal := ⟨2514206014642685, 1099511627776⟩,
         certified := false },
-      { index := 1, epsilon := ⟨8851309026552833, 288230376151711744⟩, lipschitz := some ⟨7053812944878003, 35184372088832⟩,
+      { index := 1, epsilon := ⟨8851309026552833, 288230376151711744⟩, lipschitz := some ⟨1210316771371545, 562949953421312⟩,
         actCovered := 390, nTokens := 390, lossCovered := ⟨4990990793819835, 2199023255552⟩, lossTotal := ⟨2514206014642685, 1099511627776⟩,
         certified := true },
-      { index := 2, epsilon := ⟨74125170492741, 2251799813685248⟩, lipschitz := some ⟨3513710451735915, 35184372088832⟩,
+      { index := 2, epsilon := ⟨74125170492741, 2251799813685248⟩, lipschitz := some ⟨1806080887638259, 1125899906842624⟩,
         actCovered := 390, nTokens := 390, lossCovered := ⟨2514206014642685, 1099511627776⟩, lossTotal := ⟨2514206014642685, 1099511627776⟩,
         certified := true }
     ],
-    claimedBound := some ⟨91606, 125⟩,
+    claimedBound := some ⟨51971, 250000⟩,
     measuredDeviation := some ⟨4508340000037729, 36028797018963968⟩ }
 
 set_option maxRecDepth 100000 in
@@ -29,7 +29,7 @@ theorem run_lipschitz : (globalBound run.blocks).isSome = true := by decide +ker
 theorem global_bound {X : Type} (D : DistSpace X Rat ratArith) (B Bh : Nat → X → X) (x : X)
     (h : TrajHyp ratArith D (stagesOf B Bh run.blocks) x x) :
     D.dist (runSurr (stagesOf B Bh run.blocks) x) (runBase (stagesOf B Bh run.blocks) x)
-      ≤ Q.toRat ⟨91606, 125⟩ :=
-  check_sound (c := ⟨91606, 125⟩) run run_check run_lipschitz rfl D B Bh x h
+      ≤ Q.toRat ⟨51971, 250000⟩ :=
+  check_sound (c := ⟨51971, 250000⟩) run run_check run_lipschitz rfl D B Bh x h
 
 end BlockCert.Runs.Model_run

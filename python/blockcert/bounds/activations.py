@@ -15,25 +15,11 @@ import math
 from functools import cache
 
 import torch
-import torch.nn.functional as F
+
+from ..interpreter import activation as act
 
 _SLACK = 1e-12  # absolute widening of every computed range (float64 evaluation error is ~1e-16)
 _SQRT_2_OVER_PI = 0.7978845608028654
-
-
-def act(name: str, x: torch.Tensor) -> torch.Tensor:
-    """The activation itself, exactly as the interpreter applies it (here in the dtype of x)."""
-    if name == "silu":
-        return F.silu(x)
-    if name == "gelu":
-        return F.gelu(x)
-    if name == "gelu_pytorch_tanh":
-        return F.gelu(x, approximate="tanh")
-    if name == "gelu_new":
-        return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * torch.pow(x, 3.0))))
-    if name == "relu":
-        return F.relu(x)
-    raise ValueError(f"unsupported activation {name!r}")
 
 
 def act_prime(name: str, x: torch.Tensor) -> torch.Tensor:

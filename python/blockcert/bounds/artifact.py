@@ -11,26 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from ..certificate import ModelInfo, PromptInfo, ToolInfo
-from ..files import canonical_json, sha256_bytes
+from ..records import Frozen, Sealed
 
 BOUND_SCHEMA = "blockcert.bound/1"
 BOUND_FILE = "bound.json"
 BOUND_TABLE = "bound.md"
 BOUND_PLOT = "bound_ratio.png"
 
-Kind = Literal["global", "local", "empirical", "trajectory"]
-KINDS: tuple[Kind, ...] = ("global", "local", "empirical", "trajectory")
-SOUND_KINDS: tuple[Kind, ...] = ("global", "local")
+Kind = Literal["global", "local", "pointwise", "empirical", "trajectory"]
+KINDS: tuple[Kind, ...] = ("global", "local", "pointwise", "empirical", "trajectory")
+SOUND_KINDS: tuple[Kind, ...] = ("global", "local", "pointwise")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Constant(_Frozen):
+class Constant(Frozen):
     """One per-block Lipschitz-type constant. `value` None: undefined (a trajectory ratio 0/0)."""
 
     kind: Kind
@@ -40,7 +34,7 @@ class Constant(_Frozen):
     parts: dict[str, float] = {}  # the sublayer factors it was assembled from (K_attn, K_MLP, ...)
 
 
-class BlockBound(_Frozen):
+class BlockBound(Frozen):
     index: int
     stitched: bool  # False: the block is native (ε = 0), replayed with the model
     epsilon: float  # from the block certificate (0 for native blocks)
@@ -50,7 +44,7 @@ class BlockBound(_Frozen):
     constants: tuple[Constant, ...]
 
 
-class KindBound(_Frozen):
+class KindBound(Frozen):
     kind: Kind
     sound: bool
     claimed_bound: str  # exact decimal, ≥ the exact Σ ε_i Π_{j>i} L_j (6 significant digits, rounded up)
@@ -60,14 +54,14 @@ class KindBound(_Frozen):
     prefix_log10_bound: tuple[float | None, ...]  # after k = 1..L stitched blocks (None: bound 0)
 
 
-class BoundOptionsRecord(_Frozen):
+class BoundOptionsRecord(Frozen):
     radius: float | None  # fixed max-token radius, or None: per-token radii from the stitched replay
     empirical_tokens: int
     power_iters: int
     pieces: int  # boxes covering each segment [x_i, x̂_i] (unused with a fixed radius)
 
 
-class BoundArtifact(_Frozen):
+class BoundArtifact(Sealed):
     schema_version: Literal["blockcert.bound/1"] = BOUND_SCHEMA
     tool: ToolInfo = ToolInfo()
     model: ModelInfo
@@ -85,11 +79,6 @@ class BoundArtifact(_Frozen):
     formal_kind: Kind  # the tightest sound kind: what the formal check should use
     digest: str = ""
 
-    def body_digest(self) -> str:
-        return sha256_bytes(canonical_json(self.model_dump(mode="json", exclude={"digest"})).encode("utf-8"))
-
-    def sealed(self) -> BoundArtifact:
-        return self.model_copy(update={"digest": self.body_digest()})
 
     def kind(self, kind: str) -> KindBound:
         return next(b for b in self.bounds if b.kind == kind)

@@ -43,6 +43,7 @@ from .artifact import (
 from .block import GlobalBound, LocalBound, ball, global_bound, local_bound, segment_cover
 from .empirical import jacobian_norm_lower
 from .norm import radial
+from .pointwise import pointwise_constant
 from .weights import prepare_block
 
 EXACT_NOTE = "the block is the exact real-valued function its IR declares; float rounding of the center " \
@@ -70,6 +71,7 @@ class BlockResult:
     radius: float
     local: LocalBound
     glob: GlobalBound
+    pointwise: float
     empirical: float
     trajectory: float | None
 
@@ -186,12 +188,13 @@ def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps, cert, opts,
     prep = prepare_block(ir)
     local = local_bound(prep, sets)
     glob = global_bound(prep)
+    pointwise = pointwise_constant(ir, x, x_hat, valid, positions)
     emp = jacobian_norm_lower(ir, x, valid, positions, _candidates(local, lengths, opts.empirical_tokens),
                               opts.power_iters) if opts.empirical_tokens > 0 else torch.zeros(1)
     res = BlockResult(
         index=i, stitched=cert is not None, epsilon=eps, d_in=float(den.max()),
         d_out=float(token_dist(y_hat, x_next, valid).max()), radius=radius, local=local, glob=glob,
-        empirical=float(emp.max()), trajectory=max(ratios) if ratios else None,
+        pointwise=pointwise, empirical=float(emp.max()), trajectory=max(ratios) if ratios else None,
     )
     return res, y_hat
 
@@ -244,6 +247,13 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
         Constant(kind="local", value=r.local.lipschitz, sound=True, assumptions=tuple(local_notes),
                  parts={"k_attn": r.local.k_attn, "k_mlp": r.local.k_mlp,
                         "tokens_refined": float(r.local.tokens_exact)}),
+        Constant(kind="pointwise", value=r.pointwise, sound=True, assumptions=(
+            "upper bound on dist(B̂(x̂_i), B̂(x_i)) / dist(x̂_i, x_i) at this run's traced and stitched inputs, max "
+            "over prompts: exactly the pointwise hypothesis (TrajHyp) of the composition theorem, not a Lipschitz "
+            "constant on any set; 0 where x̂_i = x_i (the hypothesis then holds for every L)",
+            "both points evaluated in float64 midpoint-radius arithmetic with every rounding bounded; torch's "
+            "float64 exp, sqrt and activations assumed accurate to 1e-12 relative",
+            EXACT_NOTE.split(";")[0])),
         Constant(kind="empirical", value=r.empirical, sound=False, assumptions=(
             "LOWER estimate of the surrogate's Jacobian norm (max-token distance) at the traced inputs, by "
             "alternating power iteration through autograd; never an upper bound",
@@ -267,6 +277,7 @@ def compose(results: list[BlockResult]) -> dict[str, list[Fraction]]:
     lips = {
         "global": [to_fraction(r.glob.lipschitz) for r in results],
         "local": [to_fraction(r.local.lipschitz) for r in results],
+        "pointwise": [to_fraction(r.pointwise) for r in results],
         "empirical": [to_fraction(r.empirical) for r in results],
         # An undefined trajectory ratio only occurs where x̂_i = x_i: there it multiplies a zero deviation.
         "trajectory": [to_fraction(r.trajectory or 0.0) for r in results],

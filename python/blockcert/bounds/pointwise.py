@@ -1,0 +1,268 @@
+"""Kind `pointwise`: a sound bound on the one ratio the pointwise composition theorem needs,
+
+    L_i^pw ≥ dist(B̂_i(x̂_i), B̂_i(x_i)) / dist(x̂_i, x_i)         (per prompt, max over prompts)
+
+at the run's own two points: the traced input x_i and the stitched input x̂_i. `TrajHyp` in the Lean core
+asks for nothing more, so these constants instantiate the theorem as well as a Lipschitz constant would,
+and they cannot be beaten by any bound of that form: they are the trajectory constants (kind 3), made
+rigorous.
+
+How: the block is evaluated at both points in float64 midpoint–radius arithmetic (an `Enclosure` holds
+a float64 midpoint and a radius such that the exact real value lies within mid ± rad elementwise). Every
+operation adds its own worst-case float64 rounding to the radius (γ_n = nu/(1 − nu) for an n-term dot
+product, Higham Thm 3.1), and every nonlinearity maps enclosures to enclosures by a range argument
+(norm layers through their Jacobian bound on a ball, softmax through monotonicity in each score, the
+MLP activation through its exact range on an interval, activations.py). Starting from the exact
+float32 inputs (radius 0) the radii stay near 1e-12 relative, so the bound is the measured ratio up to
+that. The numerator is then ‖mid_a − mid_b‖ + ‖rad_a + rad_b‖ per token, the denominator the float64
+distance of the (exactly representable) inputs rounded down.
+
+Assumptions (recorded with the constant): the block is the exact real function its IR declares (its
+float32 rounding, like that of the local kind, is inside ε_i and the measured deviation); torch's float64
+exp, sqrt and activation functions are accurate to 1e-12 relative (libm is accurate to a few ulp, 1e-16).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..interpreter import causal_mask, rotate_half
+from ..ir import BlockIR, NormSpec
+from .activations import act_range
+from .spectral import gamma
+
+F64 = torch.float64
+_U = 2.0**-53
+_FN = 1e-12  # relative error allowed to a float64 exp / sqrt / activation (libm: a few ulp)
+_NUDGE = 1 + 1e-12  # each radius computation rounds too (nonnegative sums: relative γ_n ≪ 1e-12)
+_TINY = 1e-300  # absolute floor: covers underflow in products of small radii
+
+
+@dataclass(frozen=True)
+class Enclosure:
+    """Every exact real value lies in mid ± rad (elementwise; rad ≥ 0)."""
+
+    mid: torch.Tensor
+    rad: torch.Tensor
+
+    @staticmethod
+    def point(x: torch.Tensor) -> Enclosure:
+        m = x.detach().to(F64)  # float32 / bf16 values are exact in float64
+        return Enclosure(m, torch.zeros_like(m))
+
+
+def _up(r: torch.Tensor) -> torch.Tensor:
+    return r * _NUDGE + _TINY
+
+
+def _g(n: int) -> float:
+    return float(gamma(n)) * _NUDGE
+
+
+def add(a: Enclosure, b: Enclosure) -> Enclosure:
+    mid = a.mid + b.mid
+    return Enclosure(mid, _up(a.rad + b.rad + _U * mid.abs()))
+
+
+def linear(x: Enclosure, w: torch.Tensor, b: torch.Tensor | None) -> Enclosure:
+    """x·Wᵀ + b: |fl(x_mid·Wᵀ + b) − (x_mid·Wᵀ + b)| ≤ γ_{n+1}(|x_mid|·|W|ᵀ + |b|); the input radius adds |W|·rad."""
+    w = w.to(F64)
+    aw = w.abs()
+    mid = x.mid @ w.T
+    size = x.mid.abs() @ aw.T
+    if b is not None:
+        b = b.to(F64)
+        mid = mid + b
+        size = size + b.abs()
+    return Enclosure(mid, _up(x.rad @ aw.T + _g(w.shape[1] + 1) * size))
+
+
+def scale(x: Enclosure, w: torch.Tensor) -> Enclosure:
+    """Elementwise product with exact weights w (one rounding)."""
+    w = w.to(F64)
+    mid = x.mid * w
+    return Enclosure(mid, _up(x.rad * w.abs() + _U * mid.abs()))
+
+
+def mul(a: Enclosure, b: Enclosure) -> Enclosure:
+    mid = a.mid * b.mid
+    rad = a.mid.abs() * b.rad + a.rad * b.mid.abs() + a.rad * b.rad + _U * mid.abs()
+    return Enclosure(mid, _up(rad))
+
+
+def matmul(a: Enclosure, b: Enclosure) -> Enclosure:
+    """a @ b over the last two axes, with the inner length's γ and both radii."""
+    mid = a.mid @ b.mid
+    am, bm = a.mid.abs(), b.mid.abs()
+    rad = am @ b.rad + a.rad @ bm + a.rad @ b.rad + _g(a.mid.shape[-1]) * (am @ bm)
+    return Enclosure(mid, _up(rad))
+
+
+def normalise(spec: NormSpec, x: Enclosure) -> Enclosure:
+    """n(y) = y / sqrt(‖y‖²/d + eps) (LayerNorm: of the centred y), without gain or bias, per token (last axis).
+
+    On the box mid ± rad, ‖y‖ ≥ ‖mid‖ − ‖rad‖, so r(y) ≥ r_min = sqrt(max(‖mid‖ − ‖rad‖, 0)²/d + eps). The
+    Jacobian (I − y yᵀ/(d r²))/r has entries |J_jk| ≤ (δ_jk + |y_j||y_k|/(d r²))/r, so by the mean-value
+    inequality per element |n_j(y) − n_j(mid)| ≤ (rad_j + |y|_j·Σ_k |y|_k rad_k/(d r_min²))/r_min with
+    |y| ≤ |mid| + rad: elementwise, which keeps the radii from growing by √d at every norm layer.
+    n(mid) itself is computed with a relative error ≤ γ_{d+6} + _FN per element.
+    """
+    d = x.mid.shape[-1]
+    mid, rad = x.mid, x.rad
+    if spec.kind == "layer":
+        # P = I − 11ᵀ/d moves each element by the mean too; the centring's rounding is at most
+        # γ_{d+2}(|mid_j| + mean|mid|) per element, folded into the radius.
+        err = _g(d + 2) * (mid.abs() + mid.abs().mean(-1, keepdim=True))
+        rad = (rad + rad.mean(-1, keepdim=True) + err) * _NUDGE
+        mid = mid - mid.mean(-1, keepdim=True)
+    rho = torch.sqrt((rad * rad).sum(-1)) * _NUDGE
+    norm = torch.sqrt((mid * mid).sum(-1))
+    floor = torch.clamp(norm * (1 - _g(d + 2)) - rho, min=0.0)
+    r_min = (torch.sqrt(floor * floor / d + spec.eps) * (1 - 1e-12))[..., None]
+    top = mid.abs() + rad
+    cross = (top * rad).sum(-1, keepdim=True) * _NUDGE / (d * r_min * r_min)
+    moved = (rad + top * cross) / r_min
+    r = torch.sqrt((mid * mid).sum(-1, keepdim=True) / d + spec.eps)
+    n = mid / r
+    return Enclosure(n, _up(moved * _NUDGE + (_g(d + 6) + _FN) * n.abs()))
+
+
+def norm_layer(spec: NormSpec, ts: dict, name: str, x: Enclosure) -> Enclosure:
+    h = scale(normalise(spec, x), ts[f"{name}.weight"])
+    bias = ts.get(f"{name}.bias")
+    return h if bias is None else add(h, Enclosure.point(bias.expand_as(h.mid)))
+
+
+def softmax(scores: Enclosure, mask: torch.Tensor) -> Enclosure:
+    """Row softmax over the allowed keys; each p_s is increasing in z_s and decreasing in every other z_r:
+
+        e^{lo_s} / (e^{lo_s} + Σ_{r≠s} e^{hi_r})  ≤  p_s  ≤  e^{hi_s} / (e^{hi_s} + Σ_{r≠s} e^{lo_r})
+    """
+    zero = torch.zeros((), dtype=F64)
+    m, r = scores.mid, scores.rad
+    # Any common shift leaves softmax unchanged; only the rounding of the two subtractions that form each
+    # exponent counts, at most 4u·(|mid| + rad + |shift|) absolute.
+    shift = torch.where(mask, m, torch.full_like(m, -math.inf)).amax(-1, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    slack = 4 * _U * (m.abs() + r + shift.abs())
+    e_lo = torch.where(mask, torch.exp(m - r - shift - slack) * (1 - 2 * _FN), zero)
+    e_hi = torch.where(mask, torch.exp(m + r - shift + slack) * (1 + 2 * _FN) + _TINY, zero)
+    n = int(mask.shape[-1]) + 2
+    s_lo, s_hi = e_lo.sum(-1, keepdim=True), e_hi.sum(-1, keepdim=True)
+    others_hi = (s_hi - e_hi) + _g(n) * 2 * s_hi  # ≥ Σ_{r≠s} e_hi_r despite rounding of sum and difference
+    others_lo = torch.clamp((s_lo - e_lo) - _g(n) * 2 * s_lo, min=0.0)
+    p_lo = torch.where(mask, e_lo / (e_lo + others_hi) * (1 - 4 * _U), zero)
+    p_hi = torch.where(mask, torch.clamp(e_hi / (e_hi + others_lo) * (1 + 4 * _U), max=1.0), zero)
+    return Enclosure(0.5 * (p_lo + p_hi), _up(0.5 * (p_hi - p_lo) + _U * p_hi))
+
+
+def rope(x: Enclosure, cos: torch.Tensor, sin: torch.Tensor) -> Enclosure:
+    a, b = x.mid * cos, rotate_half(x.mid) * sin
+    rad = x.rad * cos.abs() + rotate_half(x.rad) * sin.abs() + 2 * _U * (a.abs() + b.abs())
+    return Enclosure(a + b, _up(rad))
+
+
+def _heads(x: Enclosure, n: int, hd: int) -> Enclosure:
+    def f(t: torch.Tensor) -> torch.Tensor:
+        p, s, _ = t.shape
+        return t.reshape(p, s, n, hd).transpose(1, 2)
+
+    return Enclosure(f(x.mid), f(x.rad))
+
+
+def _repeat(x: Enclosure, groups: int) -> Enclosure:
+    return Enclosure(x.mid.repeat_interleave(groups, 1), x.rad.repeat_interleave(groups, 1))
+
+
+def attention(ir: BlockIR, h: Enclosure, mask: torch.Tensor, positions: torch.Tensor) -> Enclosure:
+    spec, ts = ir.spec.attention, ir.tensors
+    n, n_kv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    q = _heads(linear(h, ts["attn.q.weight"], ts.get("attn.q.bias")), n, hd)
+    k = _heads(linear(h, ts["attn.k.weight"], ts.get("attn.k.bias")), n_kv, hd)
+    v = _heads(linear(h, ts["attn.v.weight"], ts.get("attn.v.bias")), n_kv, hd)
+    if spec.rope:
+        cos = ts["rope.cos"].to(F64)[positions][:, None]
+        sin = ts["rope.sin"].to(F64)[positions][:, None]
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+    k, v = _repeat(k, n // n_kv), _repeat(v, n // n_kv)
+    raw = matmul(q, Enclosure(k.mid.transpose(2, 3), k.rad.transpose(2, 3)))
+    sc = float(spec.scaling)
+    scores = Enclosure(raw.mid * sc, _up(raw.rad * abs(sc) + _U * (raw.mid * sc).abs()))
+    probs = softmax(scores, mask[:, None])
+    o = matmul(probs, v)
+    p, t = h.mid.shape[:2]
+
+    def merge(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(p, t, n * hd)
+
+    return linear(Enclosure(merge(o.mid), merge(o.rad)), ts["attn.o.weight"], ts.get("attn.o.bias"))
+
+
+def activation(name: str, x: Enclosure) -> Enclosure:
+    lo, hi = act_range(name, x.mid - x.rad, x.mid + x.rad)  # exact range over the interval, widened
+    return Enclosure(0.5 * (lo + hi), _up(0.5 * (hi - lo)))
+
+
+def mlp(ir: BlockIR, h: Enclosure) -> Enclosure:
+    spec, ts = ir.spec.mlp, ir.tensors
+    up = linear(h, ts["mlp.up.weight"], ts.get("mlp.up.bias"))
+    if spec.kind == "gated":
+        mid = mul(activation(spec.activation, linear(h, ts["mlp.gate.weight"], ts.get("mlp.gate.bias"))), up)
+    else:
+        mid = activation(spec.activation, up)
+    return linear(mid, ts["mlp.down.weight"], ts.get("mlp.down.bias"))
+
+
+def run_block_enclosed(ir: BlockIR, x: Enclosure, valid: torch.Tensor, positions: torch.Tensor) -> Enclosure:
+    """The block on every input in x ([P, T, d]), enclosed: the interpreter's op sequence, in mid ± rad."""
+    spec = ir.spec
+    mask = causal_mask(valid)
+    residual = h = x
+    for op in spec.ops:
+        if op.op == "norm":
+            h = norm_layer(getattr(spec, op.weights), ir.tensors, op.weights, h)
+        elif op.op == "attention":
+            h = attention(ir, h, mask, positions)
+        elif op.op == "mlp":
+            h = mlp(ir, h)
+        else:
+            residual = add(residual, h)
+            h = residual
+    return residual
+
+
+def distance_upper(a: Enclosure, b: Enclosure, valid: torch.Tensor) -> torch.Tensor:
+    """Per prompt, ≥ max_t ‖a_t − b_t‖₂ over the exact values ([P]; padding ignored)."""
+    d = a.mid.shape[-1]
+    centre = (a.mid - b.mid).norm(dim=-1) * (1 + _g(d + 2))
+    spread = (a.rad + b.rad).norm(dim=-1) * (1 + _g(d + 2))
+    per = torch.where(valid, _up(centre + spread), torch.zeros((), dtype=F64))
+    return per.amax(-1)
+
+
+def distance_lower(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per prompt, ≤ max_t ‖a_t − b_t‖₂ for exactly representable a, b ([P])."""
+    d = a.shape[-1]
+    e = (a.to(F64) - b.to(F64)).norm(dim=-1) * (1 - _g(d + 2))
+    return torch.where(valid, e, torch.zeros((), dtype=F64)).amax(-1)
+
+
+def pointwise_constant(ir: BlockIR, x: torch.Tensor, x_hat: torch.Tensor, valid: torch.Tensor,
+                       positions: torch.Tensor) -> float:
+    """max over prompts with x̂ ≠ x of an upper bound on dist(B̂(x̂), B̂(x)) / dist(x̂, x); 0 if x̂ = x everywhere.
+
+    0 is sound there: the pointwise hypothesis dist(B̂(x̂), B̂(x)) ≤ L·dist(x̂, x) holds for every L when x̂ = x.
+    """
+    den = distance_lower(x_hat, x, valid)
+    moved = den > 0
+    if not bool(moved.any()):
+        return 0.0
+    keep = torch.nonzero(moved).flatten()  # prompts with x̂ = x contribute nothing
+    v, pos = valid[keep], positions[keep]
+    a = run_block_enclosed(ir, Enclosure.point(x_hat[keep]), v, pos)
+    b = run_block_enclosed(ir, Enclosure.point(x[keep]), v, pos)
+    num = distance_upper(a, b, v)
+    return float((num / den[keep]).max()) * _NUDGE
