@@ -209,6 +209,24 @@ def test_coverage_is_never_rounded_up():
     assert run_problems(r) == ["block 1: certified = true, but the coverages against the policy give false"]
 
 
+
+def test_the_certificate_verdict_and_the_checker_agree_where_float_division_rounds_up():
+    """6.3 / 7.0 rounds to 0.9 exactly, but the double 6.3 is below 9/10 · 7: neither the certificate's
+    verdict nor the checker may certify the loss coverage; one exact comparison serves both."""
+    from blockcert.exact import meets
+    from blockcert.metrics import BlockMetrics, Policy, verdict
+
+    lc, lt = 6.3, 7.0
+    assert lc / lt >= 0.9 and not meets(lc, lt, 0.9)
+    m = BlockMetrics(n_tokens=10, nonfinite_tokens=0, epsilon=0.1, mae=0.05, max_relative_error=0.01,
+                     max_output_norm=1.0, act_covered=10, cov_act=1.0, path_matched=10, cov_path=1.0,
+                     n_loss_tokens=10, loss_covered_weight=lc, loss_total_weight=lt, cov_loss=lc / lt)
+    ok, reasons = verdict(m, Policy(alpha_act=0.9, alpha_loss=0.9))
+    assert not ok and [r for r in reasons if r.startswith("cov_loss")]
+    r = replace(example(), policy=replace(example().policy, alpha_loss=Fraction(9, 10)))
+    r = with_block(r, 1, loss_covered=Fraction(lc), loss_total=Fraction(lt), certified=False)
+    assert not coverage_ok(r.policy, r.blocks[1]) and run_problems(r) == []
+
 # ---- formal_run.json ---------------------------------------------------------------------------------
 
 

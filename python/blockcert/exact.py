@@ -18,6 +18,8 @@ Public API (kept small on purpose; `blockcert.formal` imports it):
     round_up_sig(q, sig)            outward rounding to `sig` significant decimal digits (for huge/tiny values)
     decimal_str(q)                  exact decimal text of a Fraction whose denominator divides a power of 10
     float_up(q)                     the least float ≥ q (for display fields that must stay upper bounds)
+    policy_value(alpha)             a policy threshold as the decimal it was given as (0.9 -> 9/10)
+    meets(covered, total, alpha)    covered ≥ α·total exactly: the coverage test of the certificate and the checker
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fractions import Fraction
 
 __all__ = [
     "to_fraction", "global_bound", "prefix_bounds", "round_up", "round_down", "round_up_sig",
-    "decimal_str", "float_up",
+    "decimal_str", "float_up", "policy_value", "meets",
 ]
 
 
@@ -137,3 +139,21 @@ def float_up(q: Fraction) -> float:
     except OverflowError:
         return math.inf
     return f if Fraction(f) >= q else math.nextafter(f, math.inf)
+
+
+def policy_value(alpha: float) -> Fraction:
+    """A policy threshold as the decimal the user chose and the certificate's JSON records (0.9 → 9/10).
+
+    Unlike ε, L or a loss weight, α is not a measurement: it is a decimal whose double (0.9 →
+    0.900000000000000022…) is an artefact of storing it. A block covering exactly 18 of 20 tokens meets
+    "cov_act ≥ 0.9" against 9/10, as its user means, but not against the double.
+    """
+    return to_fraction(repr(alpha))  # repr: the shortest decimal that reads back as the same double
+
+
+def meets(covered: float | int, total: float | int, alpha: float) -> bool:
+    """covered ≥ α·total in exact rationals, α as its decimal: the certificate's verdict and the formal
+    checker make this one comparison, so they agree even where covered/total is within an ulp of α."""
+    if not (math.isfinite(covered) and math.isfinite(total)):
+        return False
+    return policy_value(alpha) * to_fraction(total) <= to_fraction(covered)

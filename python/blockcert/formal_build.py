@@ -25,7 +25,7 @@ from typing import Any
 from . import layout
 from .certificate import BlockCertificate, load_model_file
 from .errors import BlockCertError
-from .exact import to_fraction
+from .exact import policy_value, to_fraction
 from .files import resolve_inside
 from .formal import FormalBlock, FormalPolicy, FormalRun
 from .formal_bounds import RunBounds, read_run_bounds
@@ -46,18 +46,6 @@ class FormalBuild:
 def run_name(run_dir: Path, summary: RunSummary) -> str:
     """`<model>/<run directory name>`: the same on every machine for the same run (no absolute paths)."""
     return f"{summary.model.name}/{Path(run_dir).resolve().name}"
-
-
-def policy_value(alpha: float) -> Fraction:
-    """A policy threshold as the decimal the user chose and the certificate's JSON records (0.9 → 9/10).
-
-    Unlike ε, L or a loss weight, α is not a measurement: it is a decimal whose double (0.9 →
-    0.900000000000000022…) is an artefact of storing it. The decimal is also what makes the exact check
-    agree with the certificate's float verdict where it matters: a block covering exactly 18 of 20 tokens
-    meets "cov_act ≥ 0.9" both as floats (0.9 ≥ 0.9) and exactly against 9/10, but not exactly against the
-    double. The two can then differ only for a k/n within half an ulp of α without equal to it (n > 10^15).
-    """
-    return to_fraction(repr(alpha))  # repr: the shortest decimal that reads back as the same double
 
 
 def _finite(cert: BlockCertificate) -> bool:

@@ -7,6 +7,8 @@ import math
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .exact import meets
+
 
 class Thresholds(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -134,8 +136,8 @@ def verdict(m: BlockMetrics, policy: Policy) -> tuple[bool, list[str]]:
         reasons.append(f"{m.nonfinite_tokens} tokens with NaN/Inf activations or losses")
     if m.n_tokens == 0:
         reasons.append("no tokens traced")
-    if m.cov_act < policy.alpha_act:
+    if not meets(m.act_covered, m.n_tokens, policy.alpha_act):
         reasons.append(f"cov_act {m.cov_act:.6g} < alpha_act {policy.alpha_act:g}")
-    if m.cov_loss < policy.alpha_loss:
+    if not meets(m.loss_covered_weight, m.loss_total_weight, policy.alpha_loss):
         reasons.append(f"cov_loss {m.cov_loss:.6g} < alpha_loss {policy.alpha_loss:g}")
     return not reasons, reasons

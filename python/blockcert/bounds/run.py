@@ -46,8 +46,8 @@ from .norm import radial
 from .pointwise import pointwise_constant
 from .weights import prepare_block
 
-EXACT_NOTE = "the block is the exact real-valued function its IR declares; float rounding of the center " \
-             "values is covered by a relative margin of 1e-9"
+EXACT_FUNCTION = "the block is the exact real-valued function its IR declares"
+EXACT_NOTE = f"{EXACT_FUNCTION}; float rounding of the center values is covered by a relative margin of 1e-9"
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
             "constant on any set; 0 where x̂_i = x_i (the hypothesis then holds for every L)",
             "both points evaluated in float64 midpoint-radius arithmetic with every rounding bounded; torch's "
             "float64 exp, sqrt and activations assumed accurate to 1e-12 relative",
-            EXACT_NOTE.split(";")[0])),
+            EXACT_FUNCTION)),
         Constant(kind="empirical", value=r.empirical, sound=False, assumptions=(
             "LOWER estimate of the surrogate's Jacobian norm (max-token distance) at the traced inputs, by "
             "alternating power iteration through autograd; never an upper bound",
