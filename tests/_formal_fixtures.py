@@ -116,8 +116,9 @@ def _bound(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> None:
     layers = bs["layers"]
     blocks = tuple(
         BlockBound(index=i, stitched=i in by_index, epsilon=eps[i], input_deviation=0.0, output_deviation=0.0,
-                   radius=0.0, constants=tuple(Constant(kind=k, value=la.get(k), sound=k in SOUND_KINDS,
-                                                        assumptions=("fixture",)) for k in KINDS))
+                   radius=0.0, epsilon_per_prompt=(eps[i],), output_deviation_per_prompt=(0.0,),
+                   constants=tuple(Constant(kind=k, value=la.get(k), sound=k in SOUND_KINDS, assumptions=("fixture",))
+                                   for k in KINDS))
         for i, la in enumerate(layers)
     )
     claimed = {k: round_up_sig(prefix_bounds([to_fraction(eps[i]) for i in range(len(layers))],

@@ -22,7 +22,7 @@ import torch
 
 from blockcert import exact
 from blockcert.bounds import activations as act_mod
-from blockcert.bounds.artifact import BOUND_FILE, BOUND_PLOT, BOUND_TABLE, BoundArtifact
+from blockcert.bounds.artifact import BOUND_FILE, BOUND_PLOT, BOUND_TABLE, KINDS, BoundArtifact
 from blockcert.bounds.attention import (
     AttentionGeometry,
     attention_bound,
@@ -33,7 +33,7 @@ from blockcert.bounds.attention import (
 from blockcert.bounds.block import ball, global_bound, local_bound, segment_cover
 from blockcert.bounds.empirical import jacobian_norm_lower
 from blockcert.bounds.norm import eta, kappa, normalise, radial
-from blockcert.bounds.pointwise import Enclosure, pointwise_constant, run_block_enclosed
+from blockcert.bounds.pointwise import Enclosure, pointwise_ratios, run_block_enclosed
 from blockcert.bounds.run import check_sound
 from blockcert.bounds.spectral import power_lower, spectral_upper, spectral_upper_many
 from blockcert.bounds.weights import NormParams, prepare_block
@@ -429,16 +429,16 @@ def test_pointwise_constant_bounds_the_exact_ratio_and_no_more(toy_irs, variant)
         x_hat = x + 0.05 * torch.randn(x.shape, generator=gen).to(torch.float32)
         x64, xh64 = x.to(F64), x_hat.to(F64)
         ratio = float((fn(xh64) - fn(x64)).norm(dim=-1).max() / (xh64 - x64).norm(dim=-1).max())
-        lp = pointwise_constant(ir, x[None], x_hat[None], valid, pos)
+        lp = float(pointwise_ratios(ir, x[None], x_hat[None], valid, pos)[0])
         assert ratio <= lp <= ratio * (1 + 1e-6)  # float64 evaluation is within 1e-15 of the exact ratio
         # The ratio at two points of a ball never exceeds a Lipschitz bound valid on that ball.
         radius = float((xh64 - x64).norm(dim=-1).max()) * (1 + 1e-6)
         assert lp <= local_bound(prep, [ball(x64, radius, torch.arange(T_LEN))]).lipschitz
-    assert pointwise_constant(ir, x[None], x[None], valid, pos) == 0.0  # x̂ = x: any L holds, 0 included
+    assert float(pointwise_ratios(ir, x[None], x[None], valid, pos)[0]) == 0.0  # x̂ = x: any L holds, 0 included
 
 
 def test_check_sound_fails_loudly_when_a_sound_bound_is_below_the_measurement():
-    prefix = {k: [Fraction(1), Fraction(2)] for k in ("global", "local", "pointwise", "empirical", "trajectory")}
+    prefix = {k: [Fraction(1), Fraction(2)] for k in KINDS}
     check_sound(prefix, [1.0, 2.0])
     prefix["local"] = [Fraction(1), Fraction(3, 2)]
     with pytest.raises(BlockCertError, match="exceeds the local bound"):
@@ -446,6 +446,12 @@ def test_check_sound_fails_loudly_when_a_sound_bound_is_below_the_measurement():
     prefix["local"] = [Fraction(1), Fraction(2)]
     prefix["empirical"] = [Fraction(0), Fraction(0)]  # not sound: no failure
     check_sound(prefix, [1.0, 2.0])
+    # per_prompt claims each prompt's own bound: prompt 1 measured above its bound fails although the max
+    # over prompts (2 ≥ 2) holds.
+    per_prompt = [[Fraction(1), Fraction(2)], [Fraction(1), Fraction(1)]]
+    check_sound(prefix, [1.0, 2.0], per_prompt, [(1.0, 0.5), (2.0, 1.0)])
+    with pytest.raises(BlockCertError, match="prompt 1: .* exceeds its per_prompt bound"):
+        check_sound(prefix, [1.0, 2.0], per_prompt, [(1.0, 0.5), (1.0, 2.0)])
 
 
 # ---------------------------------------------------------------- the command
@@ -481,8 +487,19 @@ def _load(run: Path) -> BoundArtifact:
 
 
 def _recompute(art: BoundArtifact, kind: str) -> Fraction:
+    """Σ ε_i Π_{j>i} L_j from bound.json's own numbers, in closed form (exact.global_bound, not the recursion);
+    per_prompt: the same for each prompt's ε and constants, then the max."""
+    def const(b, k):
+        return next(c for c in b.constants if c.kind == k)
+
+    if kind == "per_prompt":
+        n = len(art.blocks[0].epsilon_per_prompt)
+        return exact.round_up_sig(max(
+            exact.global_bound([exact.to_fraction(b.epsilon_per_prompt[p]) for b in art.blocks],
+                               [exact.to_fraction(const(b, kind).per_prompt[p]) for b in art.blocks])
+            for p in range(n)), 6)
     eps = [exact.to_fraction(b.epsilon) for b in art.blocks]
-    lips = [exact.to_fraction(next(c for c in b.constants if c.kind == kind).value or 0.0) for b in art.blocks]
+    lips = [exact.to_fraction(const(b, kind).value or 0.0) for b in art.blocks]
     return exact.round_up_sig(exact.global_bound(eps, lips), 6)
 
 
@@ -501,14 +518,18 @@ def test_bound_command_on_a_bf16_run(cli, bf16_copy, variant):
         if kb.sound:
             assert claimed >= exact.to_fraction(art.measured_deviation)
     assert art.formal_kind == "pointwise"
-    assert Fraction(art.claimed_bound["pointwise"]) <= Fraction(art.claimed_bound["local"]) \
-        <= Fraction(art.claimed_bound["global"])
+    assert Fraction(art.claimed_bound["per_prompt"]) <= Fraction(art.claimed_bound["pointwise"]) \
+        <= Fraction(art.claimed_bound["local"]) <= Fraction(art.claimed_bound["global"])
     for b in art.blocks:
         c = {x.kind: x for x in b.constants}
         assert c["local"].sound and c["global"].sound and c["pointwise"].sound
         assert not c["empirical"].sound and not c["trajectory"].sound
         assert c["empirical"].value <= c["local"].value <= c["global"].value
         assert c["pointwise"].value <= c["local"].value
+        pp = c["per_prompt"]
+        assert pp.sound and max(pp.per_prompt) == pp.value == c["pointwise"].value
+        assert len(b.epsilon_per_prompt) == 3 and max(b.epsilon_per_prompt) == b.epsilon
+        assert max(b.output_deviation_per_prompt) == b.output_deviation
         if c["trajectory"].value is not None:  # the float32 replay's ratio, within its rounding
             assert c["trajectory"].value <= c["pointwise"].value * (1 + 1e-3)
         assert all(x.assumptions for x in b.constants)
@@ -591,7 +612,7 @@ def test_bound_artifact_is_checked_when_read(cli, bf16_copy):
     assert cli("bound", run, "--empirical-tokens", "0", "--no-plot").code == 0
     art = load_bound_artifact(run)
     assert art.formal_kind == "pointwise"
-    assert set(art.claimed_bound) == {"global", "local", "pointwise", "empirical", "trajectory"}
+    assert set(art.claimed_bound) == set(KINDS)
     data = json.loads((run / BOUND_FILE).read_text())
     data["claimed_bound"]["local"] = "0"
     (run / BOUND_FILE).write_text(json.dumps(data))

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = 1,
         plot: PlotOpt = True,
     ) -> None:
-        """Bound every block (sound global, local and pointwise constants; empirical; trajectory) and compose them."""
+        """Bound every block (sound global, local and pointwise constants; empirical; trajectory); compose them."""
         from .bounds.artifact import BOUND_FILE, BOUND_PLOT, BOUND_TABLE
         from .bounds.report import markdown
         from .bounds.report import plot as draw

@@ -7,8 +7,9 @@ certificates) and the native ones the run holds no surrogate for (ε = 0), compo
 The formal run follows it exactly, so that the recursion Lean computes is the one whose result bound.json
 rounded up into its claim. A native layer has no certificate: it enters as a block with ε = 0, no tokens
 measured (act 0/0, loss 0/0) and certified = false, which is what Lean's check demands of a block without
-coverage. The constants are those of bound.json's `formal_kind` (a sound kind); its values are upper
-bounds already rounded up, and enter exactly, as does the claimed bound (an exact decimal).
+coverage. The constants are those of bound.json's `formal_kind` (a sound kind with one constant per
+block); its values are upper bounds already rounded up, and enter exactly, as does the claimed bound (an
+exact decimal).
 
 A bound.json that is present but unreadable, edited, or stale (made for other block certificates) is an
 error, not a silent omission: its claim is what the bound theorem would state.
@@ -81,7 +82,7 @@ def read_run_bounds(run_dir: Path, certs: list[BlockCertificate], complete: bool
 
 def _bound_file(path: Path, certs: list[BlockCertificate]):
     """(layers, claimed bound, kind, measured deviation) from bound.json; BlockCertError when unusable."""
-    from .bounds.artifact import SOUND_KINDS, BoundArtifact
+    from .bounds.artifact import FORMAL_KINDS, BoundArtifact
 
     art = load_model_file(path, BoundArtifact, "bound file")
     if art.body_digest() != art.digest:
@@ -93,8 +94,9 @@ def _bound_file(path: Path, certs: list[BlockCertificate]):
     if [b.index for b in art.blocks] != list(range(n_layers)):
         raise BlockCertError(f"{BOUND_FILE} does not bound every layer 0..{n_layers - 1} in order")
     kind = art.formal_kind
-    if kind not in SOUND_KINDS:
-        raise BlockCertError(f"{BOUND_FILE}: formal_kind {kind!r} is not a sound kind {SOUND_KINDS}")
+    if kind not in FORMAL_KINDS:
+        raise BlockCertError(f"{BOUND_FILE}: formal_kind {kind!r} is not a sound kind with one constant per block "
+                             f"{FORMAL_KINDS}")
     layers = []
     for b in art.blocks:
         cert = by_index.get(b.index)

@@ -126,6 +126,21 @@ def load_certified_traces(run_dir: Path, cert: BlockCertificate) -> tuple[BlockT
     return out[0], out[1]
 
 
+def load_certified_prompt_epsilons(run_dir: Path, cert: BlockCertificate) -> tuple[float, ...]:
+    """ε of each prompt (max over its tokens) from the block's certified metrics file; their max is ε itself."""
+    import json
+
+    try:
+        rows = json.loads(certified_bytes(run_dir, cert, layout.METRICS))["per_prompt"]
+        eps = tuple(float(r["epsilon"]) for r in sorted(rows, key=lambda r: r["prompt"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise BlockCertError(f"block {cert.block_index}: {layout.METRICS} has no per-prompt ε ({e})") from None
+    if not eps or max(eps) != cert.metrics.epsilon:
+        raise BlockCertError(f"block {cert.block_index}: the per-prompt ε in {layout.METRICS} do not match the "
+                             "certificate's ε; run `blockcert verify`")
+    return eps
+
+
 def certified_token_ids(run_dir: Path, summary: RunSummary) -> list[list[int]]:
     data = read_json(run_dir / layout.PROMPTS, "prompts file")
     texts, ids = data.get("prompts"), data.get("token_ids")

@@ -19,9 +19,12 @@ BOUND_FILE = "bound.json"
 BOUND_TABLE = "bound.md"
 BOUND_PLOT = "bound_ratio.png"
 
-Kind = Literal["global", "local", "pointwise", "empirical", "trajectory"]
-KINDS: tuple[Kind, ...] = ("global", "local", "pointwise", "empirical", "trajectory")
-SOUND_KINDS: tuple[Kind, ...] = ("global", "local", "pointwise")
+Kind = Literal["global", "local", "pointwise", "per_prompt", "empirical", "trajectory"]
+KINDS: tuple[Kind, ...] = ("global", "local", "pointwise", "per_prompt", "empirical", "trajectory")
+SOUND_KINDS: tuple[Kind, ...] = ("global", "local", "pointwise", "per_prompt")
+# The kinds with one constant per block, as the formal run (and Lean's `Run`) carries them; `per_prompt`
+# composes the pointwise constants prompt by prompt, which the formal run format does not express yet.
+FORMAL_KINDS: tuple[Kind, ...] = ("global", "local", "pointwise")
 
 
 class Constant(Frozen):
@@ -32,6 +35,7 @@ class Constant(Frozen):
     sound: bool  # a proven upper bound on what the composition theorem needs, under `assumptions`
     assumptions: tuple[str, ...]
     parts: dict[str, float] = {}  # the sublayer factors it was assembled from (K_attn, K_MLP, ...)
+    per_prompt: tuple[float, ...] = ()  # kind per_prompt: the constant of each prompt (value is their max)
 
 
 class BlockBound(Frozen):
@@ -41,6 +45,8 @@ class BlockBound(Frozen):
     input_deviation: float  # measured max over prompts and tokens of ‖x̂_i − x_i‖
     output_deviation: float  # the same after the block
     radius: float  # the largest per-token radius of the local set (the max-token radius when fixed)
+    epsilon_per_prompt: tuple[float, ...]  # from the block's certified metrics file (0 for native blocks)
+    output_deviation_per_prompt: tuple[float, ...]
     constants: tuple[Constant, ...]
 
 
@@ -76,7 +82,7 @@ class BoundArtifact(Sealed):
     measured_prefix: tuple[float, ...]  # the same after k = 1..L blocks
     measured_deviation_stitch: float | None  # from full_model_metrics.json, when `blockcert stitch` ran
     ratios: dict[str, float | None]  # kind -> claimed / measured
-    formal_kind: Kind  # the tightest sound kind: what the formal check should use
+    formal_kind: Kind  # the tightest of FORMAL_KINDS: what the formal check uses
     digest: str = ""
 
 

@@ -250,19 +250,20 @@ def distance_lower(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> tor
     return torch.where(valid, e, torch.zeros((), dtype=F64)).amax(-1)
 
 
-def pointwise_constant(ir: BlockIR, x: torch.Tensor, x_hat: torch.Tensor, valid: torch.Tensor,
-                       positions: torch.Tensor) -> float:
-    """max over prompts with x̂ ≠ x of an upper bound on dist(B̂(x̂), B̂(x)) / dist(x̂, x); 0 if x̂ = x everywhere.
+def pointwise_ratios(ir: BlockIR, x: torch.Tensor, x_hat: torch.Tensor, valid: torch.Tensor,
+                     positions: torch.Tensor) -> torch.Tensor:
+    """Per prompt ([P], float64), an upper bound on dist(B̂(x̂), B̂(x)) / dist(x̂, x); 0 where x̂ = x.
 
     0 is sound there: the pointwise hypothesis dist(B̂(x̂), B̂(x)) ≤ L·dist(x̂, x) holds for every L when x̂ = x.
     """
     den = distance_lower(x_hat, x, valid)
+    out = torch.zeros_like(den)
     moved = den > 0
     if not bool(moved.any()):
-        return 0.0
+        return out
     keep = torch.nonzero(moved).flatten()  # prompts with x̂ = x contribute nothing
     v, pos = valid[keep], positions[keep]
     a = run_block_enclosed(ir, Enclosure.point(x_hat[keep]), v, pos)
     b = run_block_enclosed(ir, Enclosure.point(x[keep]), v, pos)
-    num = distance_upper(a, b, v)
-    return float((num / den[keep]).max()) * _NUDGE
+    out[keep] = distance_upper(a, b, v) / den[keep] * _NUDGE
+    return out

@@ -14,6 +14,7 @@ _LABEL = {
     "global": "global (sound, all inputs)",
     "local": "local (sound, on the stitched trajectory's neighbourhood)",
     "pointwise": "pointwise (sound, at the traced and stitched inputs)",
+    "per_prompt": "pointwise, composed per prompt (sound)",
     "empirical": "empirical Jacobian (lower estimate: a floor for any local bound)",
     "trajectory": "trajectory constants (pointwise, measured)",
 }
@@ -77,7 +78,8 @@ def markdown(art: BoundArtifact) -> str:
                       _g(art.measured_deviation), sci_log10(kb.log10_ratio) if kb.log10_ratio is not None else "n/a"])
     out.append(_table(["kind", "sound", "bound", "measured", "bound / measured"], krows))
     out.append("")
-    out.append(f"The formal check uses kind '{art.formal_kind}' (the tightest sound kind).")
+    out.append(f"The formal check uses kind '{art.formal_kind}' (the tightest sound kind with one constant per "
+               "block, which is what the formal run carries).")
     return "\n".join(out) + "\n"
 
 

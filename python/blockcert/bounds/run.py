@@ -27,11 +27,13 @@ from ..runinputs import (
     block_certificate,
     certified_batch,
     load_certified_ir,
+    load_certified_prompt_epsilons,
     load_certified_traces,
     load_run,
     load_run_model,
 )
 from .artifact import (
+    FORMAL_KINDS,
     KINDS,
     SOUND_KINDS,
     BlockBound,
@@ -43,7 +45,7 @@ from .artifact import (
 from .block import GlobalBound, LocalBound, ball, global_bound, local_bound, segment_cover
 from .empirical import jacobian_norm_lower
 from .norm import radial
-from .pointwise import pointwise_constant
+from .pointwise import pointwise_ratios
 from .weights import prepare_block
 
 EXACT_FUNCTION = "the block is the exact real-valued function its IR declares"
@@ -71,7 +73,9 @@ class BlockResult:
     radius: float
     local: LocalBound
     glob: GlobalBound
-    pointwise: float
+    pointwise: tuple[float, ...]  # per prompt; the block's pointwise constant is their max
+    eps_prompts: tuple[float, ...]  # certified ε per prompt (0 for a native block)
+    d_out_prompts: tuple[float, ...]
     empirical: float
     trajectory: float | None
 
@@ -141,7 +145,7 @@ class _Source:
             self.valid, self.positions = batch.valid, batch.positions
 
     def block(self, i: int, x_native: torch.Tensor | None):
-        """(IR, x_i, x_{i+1}, the block as a function, ε_i, its certificate or None for a native block)."""
+        """(IR, x_i, x_{i+1}, the block as a function, ε_i per prompt, its certificate or None if native)."""
         if i in self.have:
             cert = block_certificate(self.opts.run_dir, self.summary, i)
             if cert.metrics.epsilon is None:
@@ -154,7 +158,8 @@ class _Source:
             def surrogate(z: torch.Tensor) -> torch.Tensor:
                 return run_block(ir, z, valid, positions)
 
-            return ir, trace.x_in, trace.x_out, surrogate, float(cert.metrics.epsilon), cert
+            eps = load_certified_prompt_epsilons(self.opts.run_dir, cert)
+            return ir, trace.x_in, trace.x_out, surrogate, eps, cert
         native, ctx = self.native, self.ctx
         x_in = self.x0 if x_native is None else x_native
         ir = extract_ir(native, i)
@@ -162,10 +167,12 @@ class _Source:
         def native_block(z: torch.Tensor) -> torch.Tensor:
             return native.block(i, z, ctx)
 
-        return ir, x_in, native_block(x_in), native_block, 0.0, None
+        return ir, x_in, native_block(x_in), native_block, (0.0,) * int(self.valid.shape[0]), None
 
 
-def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps, cert, opts, valid, positions, lengths):
+def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps_prompts, cert, opts, valid, positions,
+                   lengths):
+    eps = max(eps_prompts)
     with torch.no_grad():
         y_hat, y_nat = surrogate(x_hat), surrogate(x)
     tok_in = token_dist(x_hat, x, valid)
@@ -178,6 +185,7 @@ def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps, cert, opts,
     den = tok_in.amax(-1)
     num = token_dist(y_hat, y_nat, valid).amax(-1)
     ratios = [float(n / d) for n, d in zip(num, den, strict=True) if d > 0]
+    d_out = tuple(token_dist(y_hat, x_next, valid).amax(-1).tolist())
     if opts.radius is None:
         sets = [segment_cover(x[p, :n], x_hat[p, :n], positions[p, :n], opts.pieces) for p, n in enumerate(lengths)]
         radius = float(tok_in.max())
@@ -188,13 +196,13 @@ def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps, cert, opts,
     prep = prepare_block(ir)
     local = local_bound(prep, sets)
     glob = global_bound(prep)
-    pointwise = pointwise_constant(ir, x, x_hat, valid, positions)
+    pointwise = tuple(pointwise_ratios(ir, x, x_hat, valid, positions).tolist())
     emp = jacobian_norm_lower(ir, x, valid, positions, _candidates(local, lengths, opts.empirical_tokens),
                               opts.power_iters) if opts.empirical_tokens > 0 else torch.zeros(1)
     res = BlockResult(
-        index=i, stitched=cert is not None, epsilon=eps, d_in=float(den.max()),
-        d_out=float(token_dist(y_hat, x_next, valid).max()), radius=radius, local=local, glob=glob,
-        pointwise=pointwise, empirical=float(emp.max()), trajectory=max(ratios) if ratios else None,
+        index=i, stitched=cert is not None, epsilon=eps, d_in=float(den.max()), d_out=max(d_out),
+        radius=radius, local=local, glob=glob, pointwise=pointwise, eps_prompts=tuple(eps_prompts),
+        d_out_prompts=d_out, empirical=float(emp.max()), trajectory=max(ratios) if ratios else None,
     )
     return res, y_hat
 
@@ -247,13 +255,18 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
         Constant(kind="local", value=r.local.lipschitz, sound=True, assumptions=tuple(local_notes),
                  parts={"k_attn": r.local.k_attn, "k_mlp": r.local.k_mlp,
                         "tokens_refined": float(r.local.tokens_exact)}),
-        Constant(kind="pointwise", value=r.pointwise, sound=True, assumptions=(
+        Constant(kind="pointwise", value=max(r.pointwise), sound=True, assumptions=(
             "upper bound on dist(B̂(x̂_i), B̂(x_i)) / dist(x̂_i, x_i) at this run's traced and stitched inputs, max "
             "over prompts: exactly the pointwise hypothesis (TrajHyp) of the composition theorem, not a Lipschitz "
             "constant on any set; 0 where x̂_i = x_i (the hypothesis then holds for every L)",
             "both points evaluated in float64 midpoint-radius arithmetic with every rounding bounded; torch's "
             "float64 exp, sqrt and activations assumed accurate to 1e-12 relative",
             EXACT_FUNCTION)),
+        Constant(kind="per_prompt", value=max(r.pointwise), sound=True, per_prompt=r.pointwise, assumptions=(
+            "the pointwise constants of each prompt (`per_prompt`), composed prompt by prompt with that prompt's "
+            "ε (the block's certified metrics file) and maximised over prompts at the end: the theorem holds "
+            "for each prompt on its own, since a block acts on each prompt separately",
+            "the pointwise kind's assumptions")),
         Constant(kind="empirical", value=r.empirical, sound=False, assumptions=(
             "LOWER estimate of the surrogate's Jacobian norm (max-token distance) at the traced inputs, by "
             "alternating power iteration through autograd; never an upper bound",
@@ -271,27 +284,50 @@ def _log10(q: Fraction) -> float | None:
     return math.log10(q.numerator) - math.log10(q.denominator)
 
 
+def compose_per_prompt(results: list[BlockResult]) -> list[list[Fraction]]:
+    """Per prompt, the exact bound on that prompt's deviation after k = 1..L stitched blocks."""
+    return [
+        prefix_bounds([to_fraction(r.eps_prompts[p]) for r in results], [to_fraction(r.pointwise[p]) for r in results])
+        for p in range(len(results[0].eps_prompts))
+    ]
+
+
 def compose(results: list[BlockResult]) -> dict[str, list[Fraction]]:
-    """Per kind, the exact bound after k = 1..L stitched blocks (exact.prefix_bounds)."""
+    """Per kind, the exact bound after k = 1..L stitched blocks (exact.prefix_bounds; per_prompt: the max over
+    prompts of each prompt's own recursion)."""
     eps = [to_fraction(r.epsilon) for r in results]
+    per_prompt = compose_per_prompt(results)
     lips = {
         "global": [to_fraction(r.glob.lipschitz) for r in results],
         "local": [to_fraction(r.local.lipschitz) for r in results],
-        "pointwise": [to_fraction(r.pointwise) for r in results],
+        "pointwise": [to_fraction(max(r.pointwise)) for r in results],
         "empirical": [to_fraction(r.empirical) for r in results],
         # An undefined trajectory ratio only occurs where x̂_i = x_i: there it multiplies a zero deviation.
         "trajectory": [to_fraction(r.trajectory or 0.0) for r in results],
     }
-    return {k: prefix_bounds(eps, v) for k, v in lips.items()}
+    out = {k: prefix_bounds(eps, v) for k, v in lips.items()}
+    out["per_prompt"] = [max(bs) for bs in zip(*per_prompt, strict=True)]
+    return out
 
 
-def check_sound(prefix: dict[str, list[Fraction]], measured: list[float]) -> None:
+def check_sound(prefix: dict[str, list[Fraction]], measured: list[float],
+                per_prompt: list[list[Fraction]] | None = None, measured_prompts: list[tuple[float, ...]] = ()) -> None:
+    """Every sound kind's bound after every prefix of blocks is at least the measured deviation; per_prompt also
+    prompt by prompt (its claim is per prompt before the max)."""
     for kind in SOUND_KINDS:
         for k, (b, m) in enumerate(zip(prefix[kind], measured, strict=True), start=1):
             if to_fraction(m) > b:
                 raise BlockCertError(
                     f"the measured deviation after {k} stitched block(s), {m:.9g}, exceeds the {kind} bound "
                     f"{float(b):.9g}, which claims to be sound: a bug or a violated hypothesis (nothing written)"
+                )
+    for p, bounds in enumerate(per_prompt or []):
+        for k, (b, ms) in enumerate(zip(bounds, measured_prompts, strict=True), start=1):
+            if to_fraction(ms[p]) > b:
+                raise BlockCertError(
+                    f"prompt {p}: the measured deviation after {k} stitched block(s), {ms[p]:.9g}, exceeds its "
+                    f"per_prompt bound {float(b):.9g}, which claims to be sound: a bug or a violated hypothesis "
+                    "(nothing written)"
                 )
     for k, (b, m) in enumerate(zip(prefix["trajectory"], measured, strict=True), start=1):
         if to_fraction(m) > b * (1 + Fraction(1, 10**5)):
@@ -316,12 +352,13 @@ def build_artifact(src: _Source, results: list[BlockResult], opts: BoundOptions,
                    stitch_measured: float | None) -> BoundArtifact:
     measured = [r.d_out for r in results]
     prefix = compose(results)
-    check_sound(prefix, measured)
+    check_sound(prefix, measured, compose_per_prompt(results), [r.d_out_prompts for r in results])
     kinds = {k: _kind_bound(k, prefix[k], measured[-1]) for k in KINDS}
-    formal = min(SOUND_KINDS, key=lambda k: prefix[k][-1])
+    formal = min(FORMAL_KINDS, key=lambda k: prefix[k][-1])
     blocks = tuple(
         BlockBound(index=r.index, stitched=r.stitched, epsilon=r.epsilon, input_deviation=r.d_in,
-                   output_deviation=r.d_out, radius=r.radius, constants=_constants(r, opts))
+                   output_deviation=r.d_out, radius=r.radius, epsilon_per_prompt=r.eps_prompts,
+                   output_deviation_per_prompt=r.d_out_prompts, constants=_constants(r, opts))
         for r in results
     )
     digests = {str(e.index): e.digest for e in src.summary.blocks}
