@@ -38,6 +38,7 @@ from blockcert.bounds.run import check_sound
 from blockcert.bounds.spectral import power_lower, spectral_upper, spectral_upper_many
 from blockcert.bounds.weights import NormParams, prepare_block
 from blockcert.errors import BlockCertError
+from blockcert.files import sha256_file
 from blockcert.interpreter import run_block
 from blockcert.ir import BlockIR, extract_ir, simplify
 
@@ -537,6 +538,35 @@ def test_bound_command_on_a_bf16_run(cli, bf16_copy, variant):
     assert first["trajectory"].value is None  # x̂_0 = x_0: the trajectory ratio is undefined
     assert first["pointwise"].value == 0.0  # ... and the pointwise hypothesis holds for every L
 
+
+
+def test_the_bound_is_recorded_in_the_full_model_certificate_and_re_derived_by_verify(cli, bf16_copy, toy_models):
+    from blockcert.fullmodel import CERTIFICATE_FILE, FullModelCertificate
+    from blockcert.verify import verify_run
+
+    run = bf16_copy("llama-gqa")
+    assert cli("stitch", run, "--model", toy_models["llama-gqa"]).code == 0
+    assert cli("bound", run, "--empirical-tokens", "0", "--no-plot").code == 0
+    cert = FullModelCertificate.model_validate_json((run / CERTIFICATE_FILE).read_text())
+    art = _load(run)
+    assert cert.digest == cert.body_digest() and cert.bound is not None
+    assert cert.bound.claimed_bound == art.claimed_bound and cert.bound.formal_kind == art.formal_kind
+    assert art.measured_deviation_stitch == cert.metrics.measured_deviation
+    assert verify_run(run).ok
+
+    # A forger who keeps every file consistent (digests, hashes) but halves one block's per-prompt constant:
+    # the claims no longer follow from the numbers beside them.
+    data = json.loads((run / BOUND_FILE).read_text())
+    c = next(c for c in data["blocks"][2]["constants"] if c["kind"] == "per_prompt")
+    c["per_prompt"] = [v / 2 for v in c["per_prompt"]]
+    c["value"] = max(c["per_prompt"])
+    forged = BoundArtifact.model_validate(data).sealed()
+    (run / BOUND_FILE).write_text(forged.model_dump_json())
+    bound = cert.bound.model_copy(update={"file_sha256": sha256_file(run / BOUND_FILE)})
+    (run / CERTIFICATE_FILE).write_text(cert.model_copy(update={"bound": bound}).sealed().model_dump_json())
+    report = verify_run(run)
+    assert not report.ok
+    assert "the per_prompt claimed bound is not what its per-block numbers give" in "\n".join(report.lines())
 
 def test_bound_command_with_a_fixed_radius(cli, bf16_copy):
     run = bf16_copy("llama-gqa")

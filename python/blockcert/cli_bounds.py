@@ -44,17 +44,20 @@ def register(app: typer.Typer) -> None:
         plot: PlotOpt = True,
     ) -> None:
         """Bound every block (sound global, local and pointwise constants; empirical; trajectory); compose them."""
-        from .bounds.artifact import BOUND_FILE, BOUND_PLOT, BOUND_TABLE
+        from .bounds.artifact import BOUND_FILE, BOUND_PLOT, BOUND_TABLE, record_in_certificate
         from .bounds.report import markdown
         from .bounds.report import plot as draw
         from .bounds.run import BoundOptions, analyse_run, build_artifact, stitch_measured
         from .files import atomic_write_bytes, atomic_write_json
+        from .fullmodel import CERTIFICATE_FILE
         from .progress import say
 
         opts = BoundOptions(run_dir, radius, model, empirical_tokens, power_iters, threads, pieces)
         src, results = analyse_run(opts)
         art = build_artifact(src, results, opts, stitch_measured(run_dir, results))
         atomic_write_json(run_dir / BOUND_FILE, art.model_dump(mode="json"))
+        if record_in_certificate(run_dir, art):
+            say(f"recorded the bound in {run_dir / CERTIFICATE_FILE}")
         table = markdown(art)
         atomic_write_bytes(run_dir / BOUND_TABLE, table.encode("utf-8"))
         if plot:

@@ -161,6 +161,18 @@ class SemanticRecord(Frozen):
     metrics: SemanticMetrics
 
 
+class BoundRecord(Frozen):
+    """What `blockcert bound` adds (issue 5): its file, and the figures a reader looks for first. `blockcert
+    verify` re-derives every one of them from the file's per-block numbers."""
+
+    file: str  # bound.json, relative to the run directory
+    file_sha256: str
+    formal_kind: str  # the kind the formal run and the Lean module state
+    claimed_bound: dict[str, str]  # kind -> exact decimal, rounded up
+    measured_deviation: float
+    ratios: dict[str, float | None]  # kind -> claimed / measured
+
+
 class FullModelCertificate(Sealed):
     schema_version: Literal["blockcert.full-model-certificate/1"] = FULL_MODEL_SCHEMA
     tool: ToolInfo = ToolInfo()
@@ -174,6 +186,7 @@ class FullModelCertificate(Sealed):
     policy: FullModelPolicy
     metrics: FullModelMetrics
     semantic: SemanticRecord | None = None
+    bound: BoundRecord | None = None
     certified: bool
     reasons: tuple[str, ...]
     digest: str = ""

@@ -148,6 +148,32 @@ def _check_semantic(run_dir: Path, cert: FullModelCertificate, problems: list[st
     return se
 
 
+def _check_bound(run_dir: Path, cert: FullModelCertificate, problems: list[str]) -> None:
+    """bound.json, as the certificate records it: intact, made for this stitched model, and every claim in it
+    re-derived from its per-block numbers (bounds.compose, the code that made them)."""
+    from .bounds.artifact import BoundArtifact, bound_record
+    from .bounds.compose import claim_problems
+
+    rec = cert.bound
+    if rec is None:
+        return
+    art = _load_hashed(run_dir, rec.file, rec.file_sha256, BoundArtifact, "bound file", problems)
+    if art is None:
+        return
+    q = rec.file + ": "
+    if art.body_digest() != art.digest:
+        problems.append(q + "does not match its digest (edited?)")
+    if bound_record(art, rec.file, rec.file_sha256) != rec:
+        problems.append(P + f"its bound record differs from {rec.file}")
+    if art.model != cert.model or art.prompts != cert.prompts:
+        problems.append(q + "model or prompts differ from the certificate's")
+    if art.block_certificates != {str(r.index): r.digest for r in cert.block_certificates}:
+        problems.append(q + "was computed for other block certificates")
+    if art.measured_deviation_stitch != cert.metrics.measured_deviation:
+        problems.append(q + "measured_deviation_stitch is not the certificate's measured deviation")
+    problems += claim_problems(art)
+
+
 def _check_with_model(run_dir: Path, summary: RunSummary, cert, ev, se, model: str, problems: list[str]) -> None:
     """Re-run both models from the weights and the surrogates; numbers must agree within the tolerances."""
     from .native import NativeModel
@@ -234,6 +260,7 @@ def verify_full_model(run_dir: Path, model: str | None = None) -> list[str]:
     if ev is not None:
         _check_evaluation(run_dir, ev, cert, summary, problems)
     se = _check_semantic(run_dir, cert, problems)
+    _check_bound(run_dir, cert, problems)
     if model is not None and ev is not None and not problems:
         try:
             with torch.no_grad():

@@ -18,7 +18,7 @@ def run : Run :=
         certified := true }
     ],
     claimedBound := some ⟨51971, 250000⟩,
-    measuredDeviation := some ⟨4508340000037729, 36028797018963968⟩ }
+    measuredDeviation := some ⟨4508334739893181, 36028797018963968⟩ }
 
 set_option maxRecDepth 100000 in
 theorem run_check : check run = true := by decide +kernel

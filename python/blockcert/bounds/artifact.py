@@ -106,3 +106,27 @@ def load_bound_artifact(run_dir: Path) -> BoundArtifact:
     if art.block_certificates != {str(e.index): e.digest for e in summary.blocks}:
         raise BlockCertError(f"{BOUND_FILE} was computed for other block certificates; rerun `blockcert bound`")
     return art
+
+
+def bound_record(art: BoundArtifact, file: str, sha256: str):
+    """The full-model certificate's summary of bound.json (`FullModelCertificate.bound`)."""
+    from ..fullmodel import BoundRecord
+
+    return BoundRecord(file=file, file_sha256=sha256, formal_kind=art.formal_kind, claimed_bound=art.claimed_bound,
+                       measured_deviation=art.measured_deviation, ratios=art.ratios)
+
+
+def record_in_certificate(run_dir: Path, art: BoundArtifact) -> bool:
+    """Add bound.json (already written) to the run's full-model certificate, re-sealed, when that certificate
+    measured the same stitched model (`measured_deviation_stitch` set); False when there is none to add it to."""
+    from ..certificate import write_model_file
+    from ..files import sha256_file
+    from ..fullmodel import CERTIFICATE_FILE
+    from ..stitch import load_full_certificate
+
+    if art.measured_deviation_stitch is None:
+        return False
+    cert = load_full_certificate(run_dir)
+    record = bound_record(art, BOUND_FILE, sha256_file(run_dir / BOUND_FILE))
+    write_model_file(run_dir / CERTIFICATE_FILE, cert.model_copy(update={"bound": record}).sealed())
+    return True

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BlockCertError
-from ..exact import decimal_str, prefix_bounds, round_up_sig, to_fraction
+from ..exact import decimal_str, to_fraction
 from ..interpreter import run_block
 from ..ir import BlockIR, extract_ir
 from ..native import NativeModel
@@ -43,6 +43,7 @@ from .artifact import (
     KindBound,
 )
 from .block import GlobalBound, LocalBound, ball, global_bound, local_bound, segment_cover
+from .compose import claimed, kind_prefixes, log10, per_prompt_prefixes, violations
 from .empirical import jacobian_norm_lower
 from .norm import radial
 from .pointwise import pointwise_ratios
@@ -278,57 +279,12 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
     )
 
 
-def _log10(q: Fraction) -> float | None:
-    if q <= 0:
-        return None
-    return math.log10(q.numerator) - math.log10(q.denominator)
-
-
-def compose_per_prompt(results: list[BlockResult]) -> list[list[Fraction]]:
-    """Per prompt, the exact bound on that prompt's deviation after k = 1..L stitched blocks."""
-    return [
-        prefix_bounds([to_fraction(r.eps_prompts[p]) for r in results], [to_fraction(r.pointwise[p]) for r in results])
-        for p in range(len(results[0].eps_prompts))
-    ]
-
-
-def compose(results: list[BlockResult]) -> dict[str, list[Fraction]]:
-    """Per kind, the exact bound after k = 1..L stitched blocks (exact.prefix_bounds; per_prompt: the max over
-    prompts of each prompt's own recursion)."""
-    eps = [to_fraction(r.epsilon) for r in results]
-    per_prompt = compose_per_prompt(results)
-    lips = {
-        "global": [to_fraction(r.glob.lipschitz) for r in results],
-        "local": [to_fraction(r.local.lipschitz) for r in results],
-        "pointwise": [to_fraction(max(r.pointwise)) for r in results],
-        "empirical": [to_fraction(r.empirical) for r in results],
-        # An undefined trajectory ratio only occurs where x̂_i = x_i: there it multiplies a zero deviation.
-        "trajectory": [to_fraction(r.trajectory or 0.0) for r in results],
-    }
-    out = {k: prefix_bounds(eps, v) for k, v in lips.items()}
-    out["per_prompt"] = [max(bs) for bs in zip(*per_prompt, strict=True)]
-    return out
-
-
 def check_sound(prefix: dict[str, list[Fraction]], measured: list[float],
                 per_prompt: list[list[Fraction]] | None = None, measured_prompts: list[tuple[float, ...]] = ()) -> None:
-    """Every sound kind's bound after every prefix of blocks is at least the measured deviation; per_prompt also
-    prompt by prompt (its claim is per prompt before the max)."""
-    for kind in SOUND_KINDS:
-        for k, (b, m) in enumerate(zip(prefix[kind], measured, strict=True), start=1):
-            if to_fraction(m) > b:
-                raise BlockCertError(
-                    f"the measured deviation after {k} stitched block(s), {m:.9g}, exceeds the {kind} bound "
-                    f"{float(b):.9g}, which claims to be sound: a bug or a violated hypothesis (nothing written)"
-                )
-    for p, bounds in enumerate(per_prompt or []):
-        for k, (b, ms) in enumerate(zip(bounds, measured_prompts, strict=True), start=1):
-            if to_fraction(ms[p]) > b:
-                raise BlockCertError(
-                    f"prompt {p}: the measured deviation after {k} stitched block(s), {ms[p]:.9g}, exceeds its "
-                    f"per_prompt bound {float(b):.9g}, which claims to be sound: a bug or a violated hypothesis "
-                    "(nothing written)"
-                )
+    """Stop (nothing written) where a sound kind's bound is below the measured deviation after some prefix."""
+    found = violations(prefix, measured, per_prompt, measured_prompts)
+    if found:
+        raise BlockCertError(f"{found[0]}: a bug or a violated hypothesis (nothing written)")
     for k, (b, m) in enumerate(zip(prefix["trajectory"], measured, strict=True), start=1):
         if to_fraction(m) > b * (1 + Fraction(1, 10**5)):
             say(f"note: after {k} blocks the trajectory-constant bound {float(b):.6g} is below the measured "
@@ -336,31 +292,30 @@ def check_sound(prefix: dict[str, list[Fraction]], measured: list[float],
 
 
 def _kind_bound(kind: str, prefix: list[Fraction], measured: float) -> KindBound:
-    claimed = round_up_sig(prefix[-1], 6)
+    c = claimed(prefix)
     m = to_fraction(measured)
-    ratio_q = claimed / m if m > 0 else None
-    ratio = float(ratio_q) if ratio_q is not None and _log10(ratio_q) is not None and _log10(ratio_q) < 300 \
-        else None
+    ratio_q = c / m if m > 0 else None
+    lr = log10(ratio_q) if ratio_q is not None else None
     return KindBound(
-        kind=kind, sound=kind in SOUND_KINDS, claimed_bound=decimal_str(claimed), log10_bound=_log10(claimed),
-        ratio=ratio, log10_ratio=_log10(ratio_q) if ratio_q is not None else None,
-        prefix_log10_bound=tuple(_log10(b) for b in prefix),
+        kind=kind, sound=kind in SOUND_KINDS, claimed_bound=decimal_str(c), log10_bound=log10(c),
+        ratio=float(ratio_q) if lr is not None and lr < 300 else None, log10_ratio=lr,
+        prefix_log10_bound=tuple(log10(b) for b in prefix),
     )
 
 
 def build_artifact(src: _Source, results: list[BlockResult], opts: BoundOptions,
                    stitch_measured: float | None) -> BoundArtifact:
-    measured = [r.d_out for r in results]
-    prefix = compose(results)
-    check_sound(prefix, measured, compose_per_prompt(results), [r.d_out_prompts for r in results])
-    kinds = {k: _kind_bound(k, prefix[k], measured[-1]) for k in KINDS}
-    formal = min(FORMAL_KINDS, key=lambda k: prefix[k][-1])
     blocks = tuple(
         BlockBound(index=r.index, stitched=r.stitched, epsilon=r.epsilon, input_deviation=r.d_in,
                    output_deviation=r.d_out, radius=r.radius, epsilon_per_prompt=r.eps_prompts,
                    output_deviation_per_prompt=r.d_out_prompts, constants=_constants(r, opts))
         for r in results
     )
+    measured = [b.output_deviation for b in blocks]
+    prefix = kind_prefixes(blocks)
+    check_sound(prefix, measured, per_prompt_prefixes(blocks), [b.output_deviation_per_prompt for b in blocks])
+    kinds = {k: _kind_bound(k, prefix[k], measured[-1]) for k in KINDS}
+    formal = min(FORMAL_KINDS, key=lambda k: prefix[k][-1])
     digests = {str(e.index): e.digest for e in src.summary.blocks}
     return BoundArtifact(
         model=src.summary.model, prompts=src.summary.prompts,
