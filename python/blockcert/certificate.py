@@ -77,7 +77,6 @@ class BlockCertificate(Sealed):
     digest: str = ""
 
 
-
 M = TypeVar("M", bound=BaseModel)
 
 

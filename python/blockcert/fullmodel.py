@@ -192,7 +192,6 @@ class FullModelCertificate(Sealed):
     digest: str = ""
 
 
-
 def index_ranges(xs: list[int]) -> str:
     """Sorted indices as compact text: [0, 1, 2, 5] -> "0-2,5"."""
     out, i = [], 0

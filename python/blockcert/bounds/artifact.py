@@ -85,7 +85,6 @@ class BoundArtifact(Sealed):
     formal_kind: Kind  # the tightest of FORMAL_KINDS: what the formal check uses
     digest: str = ""
 
-
     def kind(self, kind: str) -> KindBound:
         return next(b for b in self.bounds if b.kind == kind)
 
