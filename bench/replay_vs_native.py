@@ -24,12 +24,11 @@ from pathlib import Path
 
 import torch
 
-from blockcert.cli import _quiet_hf
-from blockcert.interpreter import run_block
-from blockcert.ir import extract_ir
-from blockcert.loading import load_model
-from blockcert.native import NativeModel, encode
-from blockcert.prompts import bundled
+from blockcert.arch.loading import load_model
+from blockcert.arch.native import NativeModel, encode
+from blockcert.cli.app import quiet_hf as _quiet_hf
+from blockcert.core.interpreter import run_block
+from blockcert.store.prompts import bundled
 
 HERE = Path(__file__).parent
 
@@ -51,7 +50,7 @@ def block_ratios(model: str, dtype: str, prompts: str, reps: int) -> dict:
     rows = []
     with torch.no_grad():
         for i in range(lm.num_layers):
-            ir = extract_ir(native, i)
+            ir = native.extract_ir(i)
             native.block(i, x, ctx), run_block(ir, x, batch.valid, batch.positions)  # warm-up
             nat, sur = [], []
             for _ in range(reps):  # interleaved so drift hits both alike

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 
-from blockcert.cli import _quiet_hf
-from blockcert.native import NativeModel
-from blockcert.runinputs import block_certificate, certified_batch, load_certified_ir, load_run, load_run_model
-from blockcert.stitch import paired_replay
+from blockcert.arch.loading import load_run_model
+from blockcert.arch.native import NativeModel
+from blockcert.arch.stitched import paired_replay
+from blockcert.cli.app import quiet_hf as _quiet_hf
+from blockcert.store.run_reader import block_certificate, certified_batch, load_certified_ir, load_run_summary
 
 HERE = Path(__file__).parent
 
@@ -43,10 +44,10 @@ def _timed(fn) -> float:
 
 
 def in_process(run_dir: Path, reps: int, batch_size: int) -> dict:
-    summary = load_run(run_dir)
+    summary = load_run_summary(run_dir)
     lm = load_run_model(summary, None, None)
     native = NativeModel(lm)
-    batch = certified_batch(run_dir, summary, lm)
+    batch = certified_batch(run_dir, summary, lm.pad_token_id)
     blocks = [e.index for e in summary.blocks]
     certs = {i: block_certificate(run_dir, summary, i) for i in blocks}
     chunks = [batch.rows(lo, lo + batch_size) for lo in range(0, batch.ids.shape[0], batch_size)]
@@ -100,8 +101,8 @@ def whole_process(run_dir: Path, batch_size: int) -> dict:
     exe = Path(sys.executable).parent / "blockcert"
     forward_only = (
         "import sys, torch; from pathlib import Path; from blockcert.runinputs import *; "
-        f"r = Path({str(run_dir)!r}); s = load_run(r); lm = load_run_model(s, None, None); "
-        "b = certified_batch(r, s, lm); "
+        f"r = Path({str(run_dir)!r}); s = load_run_summary(r); lm = load_run_model(s, None, None); "
+        "b = certified_batch(r, s, lm.pad_token_id); "
         f"torch.no_grad()(lambda: [lm.model(input_ids=b.rows(lo, lo + {batch_size}).ids, "
         f"attention_mask=b.rows(lo, lo + {batch_size}).valid.long(), use_cache=False) "
         f"for lo in range(0, b.ids.shape[0], {batch_size})])()"

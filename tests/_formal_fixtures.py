@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from blockcert import layout
-from blockcert.certificate import BlockCertificate, ModelInfo, PromptInfo, Tolerances, write_model_file
-from blockcert.extract import summary_of
-from blockcert.metrics import BlockMetrics, Policy, Thresholds, verdict
+from blockcert.core.metrics import BlockMetrics, Policy, Thresholds, verdict
+from blockcert.records.certificate import BlockCertificate, ModelInfo, PromptInfo, Tolerances
+from blockcert.store import layout
+from blockcert.store.records_io import write_model_file
+from blockcert.workflows.extract import summary_of
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formal"
 SPECS = FIXTURES / "runs"  # runs that have a formal run (each has golden files)
@@ -59,7 +60,7 @@ def _certificate(b: dict, policy: Policy, thresholds: Thresholds) -> BlockCertif
 
 
 def _full_model(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> None:
-    from blockcert.fullmodel import (
+    from blockcert.records.fullmodel import (
         CERTIFICATE_FILE,
         BlockRef,
         FullModelCertificate,
@@ -99,7 +100,8 @@ def _full_model(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> Non
 def _bound(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> None:
     """bound.json as `blockcert bound` writes it, from the spec's per-layer constants (same composition and
     rounding: exact recursion over every layer, claimed = rounded up to 6 significant digits)."""
-    from blockcert.bounds.artifact import (
+    from blockcert.core.exact import decimal_str, prefix_bounds, round_up_sig, to_fraction
+    from blockcert.records.bound import (
         KINDS,
         SOUND_KINDS,
         BlockBound,
@@ -108,7 +110,6 @@ def _bound(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> None:
         Constant,
         KindBound,
     )
-    from blockcert.exact import decimal_str, prefix_bounds, round_up_sig, to_fraction
 
     bs = spec["bound"]
     by_index = {c.block_index: c for c in certs}

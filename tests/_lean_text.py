@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from blockcert.formal import FormalBlock, FormalPolicy, FormalRun
+from blockcert.formal.mirror import FormalBlock, FormalPolicy, FormalRun
 
 _Q = r"⟨(-?\d+), (\d+)⟩"
 _OPT = rf"(none|some {_Q})"

@@ -19,8 +19,8 @@ _cache: dict = {}
 def stitched_smollm2(tmp_path_factory):
     """(run directory, StitchResult) of all 30 exact-copy blocks stitched, float32, stress prompts."""
     if "run" not in _cache:
-        from blockcert.extract import ExtractOptions, run_extract
-        from blockcert.stitch import StitchOptions, run_stitch
+        from blockcert.workflows.extract import ExtractOptions, run_extract
+        from blockcert.workflows.stitch import StitchOptions, run_stitch
 
         run: Path = tmp_path_factory.mktemp("smollm2") / "run"
         run_extract(ExtractOptions("smollm2-135m", "stress", "all", run))

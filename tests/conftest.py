@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from blockcert.cli import _quiet_hf
-from blockcert.toy import build_toy_model
+from blockcert.arch.toy import build_toy_model
+from blockcert.cli.app import quiet_hf as _quiet_hf
 
 _quiet_hf()
 
@@ -18,7 +18,7 @@ _quiet_hf()
 @pytest.fixture(scope="session")
 def toy_models(tmp_path_factory) -> dict[str, Path]:
     """Every toy variant, built once (each is a few hundred KB)."""
-    from blockcert.toy import VARIANTS
+    from blockcert.arch.toy import VARIANTS
 
     root = tmp_path_factory.mktemp("toy-models")
     return {v: build_toy_model(v, root / v) for v in VARIANTS}
@@ -27,7 +27,7 @@ def toy_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory, toy_models) -> Path:
     """A pristine certified run of the GQA Llama toy on the stress prompts; copy it before changing it."""
-    from blockcert.extract import ExtractOptions, run_extract
+    from blockcert.workflows.extract import ExtractOptions, run_extract
 
     out = tmp_path_factory.mktemp("runs") / "llama-gqa"
     run_extract(ExtractOptions(str(toy_models["llama-gqa"]), "stress", "all", out))

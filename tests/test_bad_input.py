@@ -110,7 +110,7 @@ def test_bad_options(cli, toy_models, tmp_path, flag, value):
 def test_nonfinite_activations_are_recorded_and_never_certified(cli, toy_models, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from blockcert.verify import verify_run
+    from blockcert.verifier.run import verify_run
 
     m = AutoModelForCausalLM.from_pretrained(toy_models["llama-gqa"])
     with torch.no_grad():

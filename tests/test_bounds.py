@@ -20,9 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockcert import exact
 from blockcert.bounds import activations as act_mod
-from blockcert.bounds.artifact import BOUND_FILE, BOUND_PLOT, BOUND_TABLE, KINDS, BoundArtifact
 from blockcert.bounds.attention import (
     AttentionGeometry,
     attention_bound,
@@ -34,13 +32,16 @@ from blockcert.bounds.block import ball, global_bound, local_bound, segment_cove
 from blockcert.bounds.empirical import jacobian_norm_lower
 from blockcert.bounds.norm import eta, kappa, normalise, radial
 from blockcert.bounds.pointwise import Enclosure, pointwise_ratios, run_block_enclosed
-from blockcert.bounds.run import check_sound
 from blockcert.bounds.spectral import power_lower, spectral_upper, spectral_upper_many
 from blockcert.bounds.weights import NormParams, prepare_block
+from blockcert.core import exact
+from blockcert.core.interpreter import run_block
+from blockcert.core.ir import BlockIR
 from blockcert.errors import BlockCertError
-from blockcert.files import sha256_file
-from blockcert.interpreter import run_block
-from blockcert.ir import BlockIR, extract_ir, simplify
+from blockcert.records.bound import BOUND_FILE, BOUND_PLOT, BOUND_TABLE, KINDS, BoundArtifact
+from blockcert.store.files import sha256_file
+from blockcert.surrogates import derive_named
+from blockcert.workflows.bound import check_sound
 
 from .conftest import error_lines
 
@@ -63,13 +64,13 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def toy_irs(toy_models) -> dict[str, list[BlockIR]]:
     """bf16 surrogate IRs of every block of two toy families (GQA + RoPE Llama, GPT-2), in float64."""
-    from blockcert.loading import load_model
-    from blockcert.native import NativeModel
+    from blockcert.arch.loading import load_model
+    from blockcert.arch.native import NativeModel
 
     out = {}
     for variant in ("llama-gqa", "gpt2"):
         native = NativeModel(load_model(str(toy_models[variant])))
-        out[variant] = [simplify(extract_ir(native, i), "bf16").to(dtype=F64) for i in range(len(native.layers))]
+        out[variant] = [derive_named(native.extract_ir(i), "bf16").to(dtype=F64) for i in range(len(native.layers))]
     return out
 
 
@@ -461,7 +462,7 @@ def test_check_sound_fails_loudly_when_a_sound_bound_is_below_the_measurement():
 @pytest.fixture(scope="session")
 def bf16_runs(tmp_path_factory, toy_models) -> dict[str, Path]:
     """Pristine bf16-surrogate runs (all blocks, three short prompts) of the two toy families."""
-    from blockcert.extract import ExtractOptions, run_extract
+    from blockcert.workflows.extract import ExtractOptions, run_extract
 
     root = tmp_path_factory.mktemp("bound-runs")
     prompts = root / "prompts.txt"
@@ -541,8 +542,8 @@ def test_bound_command_on_a_bf16_run(cli, bf16_copy, variant):
 
 
 def test_the_bound_is_recorded_in_the_full_model_certificate_and_re_derived_by_verify(cli, bf16_copy, toy_models):
-    from blockcert.fullmodel import CERTIFICATE_FILE, FullModelCertificate
-    from blockcert.verify import verify_run
+    from blockcert.records.fullmodel import CERTIFICATE_FILE, FullModelCertificate
+    from blockcert.verifier.run import verify_run
 
     run = bf16_copy("llama-gqa")
     assert cli("stitch", run, "--model", toy_models["llama-gqa"]).code == 0
@@ -585,7 +586,7 @@ def test_bound_on_exact_surrogates_is_zero(cli, run_copy):
 
 
 def test_bound_replays_missing_blocks_with_the_model(cli, toy_models, tmp_path):
-    from blockcert.extract import ExtractOptions, run_extract
+    from blockcert.workflows.extract import ExtractOptions, run_extract
 
     run = tmp_path / "partial"
     prompts = tmp_path / "p.txt"
@@ -634,7 +635,7 @@ def test_prepare_block_refuses_an_ir_without_a_weight(toy_irs):
 
 
 def test_bound_artifact_is_checked_when_read(cli, bf16_copy):
-    from blockcert.bounds.artifact import load_bound_artifact
+    from blockcert.store.run_reader import load_bound_artifact
 
     run = bf16_copy("llama-gqa")
     with pytest.raises(BlockCertError, match="run `blockcert bound"):

@@ -7,11 +7,13 @@ import json
 
 import torch
 
-from blockcert import layout
-from blockcert.certificate import BlockCertificate
-from blockcert.extract import ExtractOptions, parse_blocks, run_extract
-from blockcert.metrics import Policy, Thresholds, block_metrics, verdict
-from blockcert.traces import LossTrace
+from blockcert.core.metrics import Policy, Thresholds, block_metrics, verdict
+from blockcert.core.selection import parse_blocks
+from blockcert.core.traces import LossTrace
+from blockcert.records.certificate import BlockCertificate
+from blockcert.store import layout
+from blockcert.store.tensors import load_record
+from blockcert.workflows.extract import ExtractOptions, run_extract
 
 
 def test_run_directory_layout(toy_run):
@@ -60,7 +62,7 @@ def test_loss_coverage_is_baseline_loss_weighted_eq8():
 
 def test_recorded_losses_are_the_stitched_model_losses(toy_run):
     """Exact-copy surrogates: the stitched model's per-token NLL equals the baseline's."""
-    loss = LossTrace.load(toy_run / "block_001" / "losses.safetensors")
+    loss = load_record(toy_run / "block_001" / "losses.safetensors", LossTrace)
     assert torch.equal(loss.base_nll[loss.loss_ok], loss.stitched_nll[loss.loss_ok])
     assert bool((loss.base_nll[loss.loss_ok] > 0).all())
 
@@ -73,7 +75,7 @@ def test_bf16_surrogate_fails_the_default_policy(toy_models, tmp_path):
 
 
 def test_interrupted_run_leaves_no_valid_certificate_and_rerun_completes(toy_models, tmp_path, monkeypatch):
-    import blockcert.extract as ex
+    import blockcert.workflows.extract as ex
 
     out = tmp_path / "r"
     opts = ExtractOptions(str(toy_models["llama-mha"]), "default", "all", out)
@@ -91,7 +93,7 @@ def test_interrupted_run_leaves_no_valid_certificate_and_rerun_completes(toy_mod
         run_extract(opts)
     assert not (out / "summary.json").exists()
     assert not (out / "block_001" / "certificate.json").exists()
-    from blockcert.verify import verify_run
+    from blockcert.verifier.run import verify_run
 
     assert not verify_run(out).ok
     monkeypatch.setattr(ex, "_certify_block", real)

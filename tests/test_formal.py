@@ -14,20 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from blockcert.exact import global_bound as exact_global_bound
-from blockcert.formal import (
+from blockcert.core.exact import global_bound as exact_global_bound
+from blockcert.formal.mirror import (
     FormalBlock,
     FormalRun,
     check,
     coverage_ok,
-    formal_problems,
     global_bound,
     has_bound_theorem,
     run_problems,
 )
-from blockcert.formal_build import build_formal
-from blockcert.formal_json import formal_json_text, parse_formal, read_formal
-from blockcert.formal_report import q_to_sci, report_lines
+from blockcert.present.formal import q_to_sci, report_lines
+from blockcert.store.formal_inputs import build_formal
+from blockcert.store.formal_json import formal_json_text, parse_formal, read_formal
+from blockcert.verifier.formal import formal_problems
 
 from ._formal_fixtures import FIXTURES, UNSTATED, materialize
 from ._lean_text import parse_lean_run
@@ -213,8 +213,8 @@ def test_coverage_is_never_rounded_up():
 def test_the_certificate_verdict_and_the_checker_agree_where_float_division_rounds_up():
     """6.3 / 7.0 rounds to 0.9 exactly, but the double 6.3 is below 9/10 · 7: neither the certificate's
     verdict nor the checker may certify the loss coverage; one exact comparison serves both."""
-    from blockcert.exact import meets
-    from blockcert.metrics import BlockMetrics, Policy, verdict
+    from blockcert.core.exact import meets
+    from blockcert.core.metrics import BlockMetrics, Policy, verdict
 
     lc, lt = 6.3, 7.0
     assert lc / lt >= 0.9 and not meets(lc, lt, 0.9)
@@ -344,7 +344,7 @@ def test_committed_runs_pass_the_mirror(run_dir):
 
 
 def test_a_run_without_any_finite_block_states_nothing(tmp_path, cli):
-    from blockcert.formal_build import NothingToState
+    from blockcert.store.formal_inputs import NothingToState
 
     run_dir = materialize("all_nonfinite", tmp_path, UNSTATED)
     with pytest.raises(NothingToState):
@@ -358,7 +358,7 @@ def test_a_run_without_any_finite_block_states_nothing(tmp_path, cli):
 
 
 def test_verify_reports_a_flipped_flag_as_a_formal_problem(run_copy):
-    from blockcert.verify import verify_run
+    from blockcert.verifier.run import verify_run
 
     from .test_verify import reseal
 
@@ -368,8 +368,8 @@ def test_verify_reports_a_flipped_flag_as_a_formal_problem(run_copy):
 
 
 def test_verify_catches_an_edited_formal_run_json(run_copy, tmp_path):
-    from blockcert.bridge import instantiate
-    from blockcert.verify import verify_run
+    from blockcert.verifier.run import verify_run
+    from blockcert.workflows.lean import instantiate
 
     from .test_bridge import lean_tree
 
@@ -385,16 +385,16 @@ def test_verify_catches_an_edited_formal_run_json(run_copy, tmp_path):
 
 def _reseal_bound(run_dir: Path, **update) -> None:
     """What `blockcert bound` would have written with other numbers (digest recomputed)."""
-    from blockcert.bounds.artifact import BoundArtifact
-    from blockcert.certificate import load_model_file, write_model_file
+    from blockcert.records.bound import BoundArtifact
+    from blockcert.store.records_io import load_model_file, write_model_file
 
     art = load_model_file(run_dir / "bound.json", BoundArtifact, "bound file")
     write_model_file(run_dir / "bound.json", art.model_copy(update=update).sealed())
 
 
 def _reseal_full_model(run_dir: Path, measured: float) -> None:
-    from blockcert.certificate import load_model_file, write_model_file
-    from blockcert.fullmodel import FullModelCertificate
+    from blockcert.records.fullmodel import FullModelCertificate
+    from blockcert.store.records_io import load_model_file, write_model_file
 
     cert = load_model_file(run_dir / "full_model_certificate.json", FullModelCertificate, "full-model certificate")
     metrics = cert.metrics.model_copy(update={"measured_deviation": measured})
@@ -468,8 +468,8 @@ def test_unusable_bound_json_is_a_problem_not_an_omission(edit, message, tmp_pat
 
 def test_full_model_certificate_of_other_blocks_is_not_used(tmp_path):
     run_dir = materialize("bounded", tmp_path)
-    from blockcert.certificate import load_model_file, write_model_file
-    from blockcert.fullmodel import FullModelCertificate
+    from blockcert.records.fullmodel import FullModelCertificate
+    from blockcert.store.records_io import load_model_file, write_model_file
 
     path = run_dir / "full_model_certificate.json"
     cert = load_model_file(path, FullModelCertificate, "full-model certificate")

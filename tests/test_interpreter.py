@@ -8,11 +8,12 @@ import sys
 import pytest
 import torch
 
-from blockcert.interpreter import causal_mask, run_block
-from blockcert.ir import BlockIR, extract_ir, simplify
-from blockcert.loading import load_model
-from blockcert.native import NativeModel, encode
-from blockcert.prompts import bundled
+from blockcert.arch.loading import load_model
+from blockcert.arch.native import NativeModel, encode
+from blockcert.core.interpreter import causal_mask, run_block
+from blockcert.store.prompts import bundled
+from blockcert.store.tensors import load_ir, save_ir
+from blockcert.surrogates import derive_named
 
 
 def _worst_relative_error(model_dir: str, dtype: str) -> float:
@@ -24,7 +25,7 @@ def _worst_relative_error(model_dir: str, dtype: str) -> float:
     worst = 0.0
     for i in range(lm.num_layers):
         y = native.block(i, x, ctx)
-        y_hat = run_block(extract_ir(native, i), x, batch.valid, batch.positions)
+        y_hat = run_block(native.extract_ir(i), x, batch.valid, batch.positions)
         rel = ((y_hat - y).double().norm(dim=-1) / y.double().norm(dim=-1))[batch.valid]
         worst = max(worst, float(rel.max()))
         x = y
@@ -54,7 +55,7 @@ def test_quantized_surrogate_differs_but_stays_close(toy_models):
     batch = encode(lm, bundled("default").prompts)
     x, ctx = native.embed(batch)
     y = native.block(0, x, ctx)
-    ir = simplify(extract_ir(native, 0), "bf16")
+    ir = derive_named(native.extract_ir(0), "bf16")
     assert ir.spec.surrogate == "bf16"
     rel = ((run_block(ir, x, batch.valid, batch.positions) - y).norm(dim=-1) / y.norm(dim=-1))[batch.valid]
     assert 1e-6 < float(rel.max()) < 5e-2
@@ -71,11 +72,12 @@ def test_interpreter_runs_without_huggingface(toy_run):
     code = f"""
 import sys
 from pathlib import Path
-from blockcert.ir import BlockIR
-from blockcert.traces import BlockTrace
-from blockcert.interpreter import run_block
+from blockcert.core.ir import BlockIR
+from blockcert.core.traces import BlockTrace
+from blockcert.core.interpreter import run_block
+from blockcert.store.tensors import load_ir, load_record
 d = Path({str(toy_run / 'block_001')!r})
-ir, tr = BlockIR.load(d), BlockTrace.load(d / 'traces.safetensors')
+ir, tr = load_ir(d), load_record(d / 'traces.safetensors', BlockTrace)
 y = run_block(ir, tr.x_in, tr.valid, tr.positions)
 assert float((y - tr.x_out).abs().max()) == 0.0
 assert 'transformers' not in sys.modules, 'interpreter imported transformers'
@@ -87,9 +89,9 @@ print('ok')
 
 
 def test_ir_round_trips_through_safetensors(toy_run, tmp_path):
-    ir = BlockIR.load(toy_run / "block_000")
-    ir.save(tmp_path)
-    again = BlockIR.load(tmp_path)
+    ir = load_ir(toy_run / "block_000")
+    save_ir(ir, tmp_path)
+    again = load_ir(tmp_path)
     assert again.spec == ir.spec
     assert all(torch.equal(again.tensors[k], v) for k, v in ir.tensors.items())
     assert [op.op for op in ir.spec.ops] == ["norm", "attention", "residual", "norm", "mlp", "residual"]

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from blockcert.loading import BUNDLED_NAME, load_model
+from blockcert.arch.loading import BUNDLED_NAME, load_model
 
 
 def test_hub_id_resolves_from_the_local_cache_only(toy_models, tmp_path, monkeypatch):

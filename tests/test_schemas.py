@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blockcert.certificate import export_schemas
+from blockcert.records.registry import export_schemas
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 

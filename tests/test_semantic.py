@@ -9,20 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from blockcert.files import sha256_file
-from blockcert.fullmodel import CERTIFICATE_FILE, SEMANTIC_FILE, FullModelCertificate
-from blockcert.semantic import (
-    LABELLING,
-    SemanticItem,
-    answer_text,
-    is_correct,
-    label_first_token,
-    load_probe,
-    run_semantic,
-    semantic_metrics,
-)
-from blockcert.stitch import StitchOptions, run_stitch
-from blockcert.verify import verify_run
+from blockcert.arch.probe import answer_text, label_first_token
+from blockcert.records.fullmodel import CERTIFICATE_FILE, SEMANTIC_FILE, FullModelCertificate
+from blockcert.records.semantic import LABELLING, SemanticItem, is_correct, semantic_metrics
+from blockcert.store.files import sha256_file
+from blockcert.store.probe import load_probe
+from blockcert.verifier.run import verify_run
+from blockcert.workflows.semantic import run_semantic
+from blockcert.workflows.stitch import StitchOptions, run_stitch
 
 from ._smollm2 import needs_smollm2, stitched_smollm2
 
@@ -55,7 +49,7 @@ def test_bundled_probe_is_thirty_human_labelled_prompts():
 
 
 def test_labelling_convention_on_a_byte_tokenizer():
-    from blockcert.toy import byte_tokenizer
+    from blockcert.arch.toy import byte_tokenizer
 
     tok = byte_tokenizer()
     assert label_first_token(tok, "Paris") == "p"  # " Paris" -> " ", "P", ...: whitespace-only tokens skipped
@@ -161,7 +155,7 @@ def test_smollm2_probe_labels_and_fidelity(tmp_path_factory):
     baseline's answers are sensible where a 135M model can be (simple facts)."""
     run, _ = stitched_smollm2(tmp_path_factory)
     res = run_semantic(run)
-    from blockcert.loading import load_model
+    from blockcert.arch.loading import load_model
 
     tok = load_model("smollm2-135m").tokenizer
     assert label_first_token(tok, "12") == "1" and label_first_token(tok, "Paris") == "paris"

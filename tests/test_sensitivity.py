@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from blockcert.core.metrics import PromptMetrics, Thresholds
 from blockcert.errors import BlockCertError
-from blockcert.extract import ExtractOptions, run_extract
-from blockcert.metrics import PromptMetrics, Thresholds
-from blockcert.sensitivity import (
+from blockcert.workflows.extract import ExtractOptions, run_extract
+from blockcert.workflows.sensitivity import (
     PromptSizeReport,
     ShiftReport,
     ThresholdReport,
@@ -165,7 +165,7 @@ def test_shift_re_measures_quantized_surrogates(partial_run, toy_models, tmp_pat
 
 
 def test_shift_bad_inputs(partial_run, tmp_path, cli, toy_models):
-    from blockcert.toy import build_toy_model
+    from blockcert.arch.toy import build_toy_model
 
     run = tmp_path / "run"
     shutil.copytree(partial_run, run)

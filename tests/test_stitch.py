@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockcert.certificate import BlockCertificate
-from blockcert.extract import ExtractOptions, run_extract
-from blockcert.files import sha256_file
-from blockcert.fullmodel import (
+from blockcert.records.certificate import BlockCertificate
+from blockcert.records.fullmodel import (
     CERTIFICATE_FILE,
     EVALUATION_FILE,
     FullModelCertificate,
@@ -20,8 +18,10 @@ from blockcert.fullmodel import (
     FullModelPolicy,
     global_metrics,
 )
-from blockcert.stitch import StitchOptions, run_stitch
-from blockcert.verify import verify_run
+from blockcert.store.files import sha256_file
+from blockcert.verifier.run import verify_run
+from blockcert.workflows.extract import ExtractOptions, run_extract
+from blockcert.workflows.stitch import StitchOptions, run_stitch
 
 from ._smollm2 import needs_smollm2, stitched_smollm2
 
@@ -304,7 +304,7 @@ def test_blocks_without_surrogates_are_refused(bf16_run, toy_models, tmp_path, c
 
 
 def test_surrogates_from_a_different_model_are_refused(bf16_run, tmp_path, cli):
-    from blockcert.toy import build_toy_model
+    from blockcert.arch.toy import build_toy_model
 
     other = build_toy_model("llama-gqa", tmp_path / "other", seed=1)
     run = _copy(bf16_run, tmp_path / "run")

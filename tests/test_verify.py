@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockcert.certificate import BlockCertificate
-from blockcert.extract import ExtractOptions, run_extract
-from blockcert.files import sha256_file
-from blockcert.interpreter import run_block
-from blockcert.ir import BlockIR
-from blockcert.metrics import Thresholds
-from blockcert.traces import BlockTrace
-from blockcert.verify import verify_run
+from blockcert.core.interpreter import run_block
+from blockcert.core.metrics import Thresholds
+from blockcert.core.traces import BlockTrace
+from blockcert.records.certificate import BlockCertificate
+from blockcert.store.files import sha256_file
+from blockcert.store.tensors import load_ir, load_record, save_record
+from blockcert.verifier.run import verify_run
+from blockcert.workflows.extract import ExtractOptions, run_extract
 
 
 def _cert_path(run: Path, i: int) -> Path:
@@ -165,11 +165,11 @@ def test_cli_prints_one_line_per_problem(run_copy, cli):
 def test_forged_traces_pass_alone_but_fail_against_the_model(run_copy, toy_models):
     """A forger who rewrites traces consistently fools the file checks; re-running the model does not."""
     bdir = run_copy / "block_001"
-    tr, ir = BlockTrace.load(bdir / "traces.safetensors"), BlockIR.load(bdir)
+    tr, ir = load_record(bdir / "traces.safetensors", BlockTrace), load_ir(bdir)
     x_in = tr.x_in * 1.01
     forged = BlockTrace(x_in, run_block(ir, x_in, tr.valid, tr.positions), tr.valid, tr.positions,
                         tr.native_mask, tr.native_argmax)
-    forged.save(bdir / "traces.safetensors")
+    save_record(bdir / "traces.safetensors", forged)
     reseal(run_copy, 1)
     assert verify_run(run_copy).ok
     rep = verify_run(run_copy, model=str(toy_models["llama-gqa"]))

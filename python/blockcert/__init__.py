@@ -1,5 +1,36 @@
-"""BlockCert: certified blockwise extraction of transformer mechanisms."""
+"""BlockCert: certified blockwise extraction of transformer mechanisms.
 
-__version__ = "0.1.0"
-# Bumped whenever the interpreter's numerics change: certificates record it.
-INTERPRETER_VERSION = "blockcert-interp/1"
+The public API lives in `blockcert.api` and is re-exported here; it is imported on first use, so that
+`import blockcert.core.interpreter` (the replay of a stored surrogate) never pulls in transformers.
+"""
+
+from blockcert.version import INTERPRETER_VERSION, __version__
+
+__all__ = [
+    "INTERPRETER_VERSION",
+    "Model",
+    "Report",
+    "Run",
+    "__version__",
+    "bound",
+    "extract",
+    "lean_module",
+    "load_model",
+    "load_run",
+    "stitch",
+    "to_formal",
+    "verify",
+    "wrap",
+]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from blockcert import api  # deferred: the API imports torch and transformers
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'blockcert' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

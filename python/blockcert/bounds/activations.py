@@ -16,7 +16,7 @@ from functools import cache
 
 import torch
 
-from ..interpreter import activation as act
+from blockcert.core.interpreter import activation as act
 
 _SLACK = 1e-12  # absolute widening of every computed range (float64 evaluation error is ~1e-16)
 _SQRT_2_OVER_PI = 0.7978845608028654

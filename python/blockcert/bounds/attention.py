@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .norm import kappa_global
-from .spectral import spectral_upper_many
-from .weights import F64, PreparedBlock
+from blockcert.bounds.norm import kappa_global
+from blockcert.bounds.spectral import spectral_upper_many
+from blockcert.bounds.weights import F64, PreparedBlock
 
 _NUDGE = 1 + 1e-10  # covers the float64 rounding of the (short) sums and products that form each term
 

@@ -22,16 +22,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import (
+from blockcert.bounds.attention import (
     AttentionGeometry,
     attention_bound,
     attention_bound_global,
     attention_center,
     attention_displacement,
 )
-from .mlp import center_norms, local_boxes, mlp_bound_global, split_bound
-from .norm import eta, kappa, normalise, radial
-from .weights import F64, PreparedBlock
+from blockcert.bounds.mlp import center_norms, local_boxes, mlp_bound_global, split_bound
+from blockcert.bounds.norm import eta, kappa, normalise, radial
+from blockcert.bounds.weights import F64, PreparedBlock
 
 RADIUS_MARGIN = 1e-6  # relative: box radii are rounded up past the float rounding of the deviations
 
@@ -152,8 +152,14 @@ def local_bound(prep: PreparedBlock, sets: list[Neighbourhood]) -> LocalBound:
     )
 
 
+# The global Lipschitz rule of each op of the registry (core/ops.py), as the factor its residual branch
+# contributes: a norm has none of its own, because its κ is inside the rule of the op it feeds (the branch
+# `norm → attention` is bounded as a whole: the norm's bounded output set is what makes attention Lipschitz).
+GLOBAL_RULES = {"norm": None, "attention": attention_bound_global, "mlp": mlp_bound_global, "residual": None}
+
+
 def global_bound(prep: PreparedBlock) -> GlobalBound:
     """A Lipschitz constant valid for all inputs (finite only because eps > 0 and norms bound their output)."""
-    a = attention_bound_global(prep)
-    m = mlp_bound_global(prep)
+    a = GLOBAL_RULES["attention"](prep)
+    m = GLOBAL_RULES["mlp"](prep)
     return GlobalBound(lipschitz=(1 + m) * (1 + a) * (1 + 1e-9), k_attn=a, k_mlp=m)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch.func import jvp, vjp, vmap
 
-from ..interpreter import run_block
-from ..ir import BlockIR
+from blockcert.core.interpreter import run_block
+from blockcert.core.ir import BlockIR
 
 
 def jacobian_norm_lower(

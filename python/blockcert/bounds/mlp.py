@@ -26,11 +26,11 @@ from fractions import Fraction
 
 import torch
 
-from ..exact import float_up
-from .activations import act_prime_range, act_range
-from .norm import kappa_global
-from .spectral import gamma, scaled_spectral_upper, spectral_upper_many
-from .weights import F64, PreparedBlock
+from blockcert.bounds.activations import act_prime_range, act_range
+from blockcert.bounds.norm import kappa_global
+from blockcert.bounds.spectral import gamma, scaled_spectral_upper, spectral_upper_many
+from blockcert.bounds.weights import F64, PreparedBlock
+from blockcert.core.exact import float_up
 
 CHUNK = 16  # tokens whose center Jacobians are formed and bounded at once (memory: CHUNK·m·d floats)
 

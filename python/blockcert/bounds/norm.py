@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .weights import NormParams
+from blockcert.bounds.weights import NormParams
 
 
 def radial(kind: str, x: torch.Tensor) -> torch.Tensor:

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..interpreter import causal_mask, rotate_half
-from ..ir import BlockIR, NormSpec
-from .activations import act_range
-from .spectral import gamma
+from blockcert.bounds.activations import act_range
+from blockcert.bounds.spectral import gamma
+from blockcert.core.interpreter import causal_mask, rotate_half
+from blockcert.core.ir import BlockIR, NormSpec
+from blockcert.core.ops import walk
 
 F64 = torch.float64
 _U = 2.0**-53
@@ -216,22 +217,22 @@ def mlp(ir: BlockIR, h: Enclosure) -> Enclosure:
     return linear(mid, ts["mlp.down.weight"], ts.get("mlp.down.bias"))
 
 
+# The enclosure of each op the registry (core/ops.py) knows, walked by the same `walk` as the interpreter.
+ENCLOSURES = {
+    "norm": lambda ir, op, h, mask, positions: norm_layer(getattr(ir.spec, op.weights), ir.tensors, op.weights, h),
+    "attention": lambda ir, op, h, mask, positions: attention(ir, h, mask, positions),
+    "mlp": lambda ir, op, h, mask, positions: mlp(ir, h),
+}
+
+
 def run_block_enclosed(ir: BlockIR, x: Enclosure, valid: torch.Tensor, positions: torch.Tensor) -> Enclosure:
     """The block on every input in x ([P, T, d]), enclosed: the interpreter's op sequence, in mid ± rad."""
-    spec = ir.spec
     mask = causal_mask(valid)
-    residual = h = x
-    for op in spec.ops:
-        if op.op == "norm":
-            h = norm_layer(getattr(spec, op.weights), ir.tensors, op.weights, h)
-        elif op.op == "attention":
-            h = attention(ir, h, mask, positions)
-        elif op.op == "mlp":
-            h = mlp(ir, h)
-        else:
-            residual = add(residual, h)
-            h = residual
-    return residual
+
+    def bind(rule):
+        return lambda op, h: rule(ir, op, h, mask, positions)
+
+    return walk(ir.spec, {name: bind(rule) for name, rule in ENCLOSURES.items()}, add, x)
 
 
 def distance_upper(a: Enclosure, b: Enclosure, valid: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from fractions import Fraction
 
 import torch
 
-from ..exact import float_up
+from blockcert.core.exact import float_up
 
 _U = Fraction(1, 2**53)  # unit roundoff of float64
 # An absolute allowance for gradual underflow: each entry of a rescaled product may lose up to the

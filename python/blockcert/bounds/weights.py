@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import BlockCertError
-from ..ir import BlockIR
-from .spectral import product_upper, psd_factor, spectral_upper
+from blockcert.bounds.spectral import product_upper, psd_factor, spectral_upper
+from blockcert.core.ir import BlockIR
+from blockcert.errors import BlockCertError
 
 F64 = torch.float64
 

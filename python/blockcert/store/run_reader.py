@@ -1,0 +1,198 @@
+"""Reading a certified run back as trustworthy inputs for the full-model and sensitivity commands.
+
+Every reader here checks what it reads against what was certified: block certificates against their
+own digest and summary.json, artifacts against the SHA-256 their certificate records (hashing the
+very bytes that are then parsed, so nothing can change in between), the model against the weights
+hash, prompts against the certified prompt hash. Any mismatch is one `BlockCertError` line that says
+what to do; nothing is written by these functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from blockcert.core.batch import Batch, batch_from_token_ids
+from blockcert.core.digest import canonical_json, sha256_bytes
+from blockcert.core.ir import BlockIR
+from blockcert.core.selection import parse_blocks
+from blockcert.core.traces import BlockTrace, LossTrace
+from blockcert.errors import BlockCertError
+from blockcert.records.bound import BOUND_FILE, BoundArtifact
+from blockcert.records.certificate import BlockCertificate
+from blockcert.records.fullmodel import CERTIFICATE_FILE, FullModelCertificate, index_ranges
+from blockcert.records.summary import RunSummary
+from blockcert.store import layout
+from blockcert.store.files import read_json, resolve_inside, sha256_file
+from blockcert.store.prompts import load_prompts
+from blockcert.store.records_io import load_model_file
+from blockcert.store.tensors import decode_record, decode_spec, decode_tensors
+
+VERIFY_HINT = "run `blockcert verify` on the run directory to see everything that is wrong"
+
+
+def load_run_summary(run_dir: Path) -> RunSummary:
+    if not run_dir.is_dir():
+        raise BlockCertError(f"run directory {run_dir} does not exist")
+    if not (run_dir / layout.SUMMARY).is_file():
+        raise BlockCertError(f"{run_dir} holds no {layout.SUMMARY}: not a complete run; run `blockcert extract` first")
+    return load_model_file(run_dir / layout.SUMMARY, RunSummary, "run summary")
+
+
+def select_blocks(summary: RunSummary, spec: str | None) -> list[int]:
+    """The blocks to use: `spec` (indices, ranges or `all`), or every block the run has a surrogate for."""
+    have = sorted(e.index for e in summary.blocks)
+    if spec is None:
+        if not have:
+            raise BlockCertError("the run holds no block surrogates; run `blockcert extract` first")
+        return have
+    wanted = parse_blocks(spec, summary.model.num_layers)
+    missing = [i for i in wanted if i not in have]
+    if missing:
+        raise BlockCertError(
+            f"the run holds no surrogate for block(s) {index_ranges(missing)} (it has {index_ranges(have) or 'none'}); "
+            f"extract them first: blockcert extract --blocks {index_ranges(missing)}"
+        )
+    return wanted
+
+
+def block_certificate(run_dir: Path, summary: RunSummary, index: int) -> BlockCertificate:
+    entry = next((e for e in summary.blocks if e.index == index), None)
+    if entry is None:
+        raise BlockCertError(f"block {index} is not listed in {layout.SUMMARY}")
+    path = resolve_inside(run_dir, entry.certificate)
+    if not path.is_file():
+        raise BlockCertError(f"block {index}: certificate {entry.certificate} is missing; rerun `blockcert extract`")
+    cert = load_model_file(path, BlockCertificate, f"block {index} certificate")
+    if cert.body_digest() != cert.digest or cert.digest != entry.digest or cert.block_index != index:
+        raise BlockCertError(f"block {index}: certificate does not match its digest or {layout.SUMMARY}; {VERIFY_HINT}")
+    if cert.model.weights_sha256 != summary.model.weights_sha256:
+        raise BlockCertError(
+            f"block {index}: surrogate was extracted from a different model (weights "
+            f"{cert.model.weights_sha256[:16]}…, the run's model {summary.model.weights_sha256[:16]}…); re-extract it"
+        )
+    return cert
+
+
+def certified_bytes(run_dir: Path, cert: BlockCertificate, name: str) -> bytes:
+    """The bytes of block artifact `name`, refused unless they hash to what the certificate records."""
+    rel = f"block_{cert.block_index:03d}/{name}"
+    digest = cert.artifacts.get(rel)
+    if digest is None:
+        raise BlockCertError(f"block {cert.block_index}: certificate does not list {rel}; {VERIFY_HINT}")
+    path = resolve_inside(run_dir, rel)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BlockCertError(f"block {cert.block_index}: file {rel} is missing; rerun `blockcert extract`") from None
+    if sha256_bytes(data) != digest:
+        raise BlockCertError(
+            f"block {cert.block_index}: {rel} changed since certification (SHA-256 mismatch); {VERIFY_HINT}"
+        )
+    return data
+
+
+def load_certified_ir(run_dir: Path, cert: BlockCertificate, device: torch.device | str = "cpu") -> BlockIR:
+    what = f"block {cert.block_index}: {layout.IR_SPEC}"
+    spec = decode_spec(certified_bytes(run_dir, cert, layout.IR_SPEC), what)
+    if spec.block_index != cert.block_index:
+        raise BlockCertError(f"block {cert.block_index}: {layout.IR_SPEC} describes block {spec.block_index}")
+    what = f"block {cert.block_index}: {layout.IR_TENSORS}"
+    tensors = decode_tensors(certified_bytes(run_dir, cert, layout.IR_TENSORS), what)
+    ir = BlockIR(spec, tensors)
+    return ir.to(device=device) if str(device) != "cpu" else ir
+
+
+def load_certified_traces(run_dir: Path, cert: BlockCertificate) -> tuple[BlockTrace, LossTrace]:
+    def one(name: str, cls):
+        return decode_record(certified_bytes(run_dir, cert, name), cls, f"block {cert.block_index}: {name}")
+
+    return one(layout.TRACES, BlockTrace), one(layout.LOSSES, LossTrace)
+
+
+def load_certified_prompt_epsilons(run_dir: Path, cert: BlockCertificate) -> tuple[float, ...]:
+    """ε of each prompt (max over its tokens) from the block's certified metrics file; their max is ε itself."""
+    try:
+        rows = json.loads(certified_bytes(run_dir, cert, layout.METRICS))["per_prompt"]
+        eps = tuple(float(r["epsilon"]) for r in sorted(rows, key=lambda r: r["prompt"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise BlockCertError(f"block {cert.block_index}: {layout.METRICS} has no per-prompt ε ({e})") from None
+    if not eps or max(eps) != cert.metrics.epsilon:
+        raise BlockCertError(f"block {cert.block_index}: the per-prompt ε in {layout.METRICS} do not match the "
+                             "certificate's ε; run `blockcert verify`")
+    return eps
+
+
+def certified_token_ids(run_dir: Path, summary: RunSummary) -> list[list[int]]:
+    data = read_json(run_dir / layout.PROMPTS, "prompts file")
+    texts, ids = data.get("prompts"), data.get("token_ids")
+    if (
+        not isinstance(texts, list)
+        or not isinstance(ids, list)
+        or sha256_bytes(canonical_json(texts).encode()) != summary.prompts.sha256
+        or sha256_bytes(canonical_json(ids).encode()) != summary.prompts.token_ids_sha256
+    ):
+        raise BlockCertError(f"{layout.PROMPTS} does not hash to the certified prompt set; {VERIFY_HINT}")
+    return ids
+
+
+def certified_batch(run_dir: Path, summary: RunSummary, pad_token_id: int | None = None) -> Batch:
+    """The exact token ids the blocks were certified on (never re-tokenised)."""
+    return batch_from_token_ids(certified_token_ids(run_dir, summary), pad_token_id if pad_token_id is not None else 0)
+
+
+def require_certified_prompts(summary: RunSummary, spec: str) -> None:
+    """Commands that extend the block certificates must run on the prompts those were certified on."""
+    ps = load_prompts(spec)
+    if ps.sha256 != summary.prompts.sha256:
+        raise BlockCertError(
+            f"prompt set {spec!r} ({len(ps.prompts)} prompts) is not the one the run was certified on "
+            f"({summary.prompts.name!r}, {summary.prompts.n_prompts} prompts); omit --prompts, or use "
+            "`blockcert shift` to measure on other prompts"
+        )
+
+
+def load_full_certificate(run_dir: Path) -> FullModelCertificate:
+    """The run's full-model certificate, refused unless it and its evaluation file are intact."""
+    path = run_dir / CERTIFICATE_FILE
+    if not path.is_file():
+        raise BlockCertError(f"{run_dir} holds no {CERTIFICATE_FILE}; run `blockcert stitch` first")
+    cert = load_model_file(path, FullModelCertificate, "full-model certificate")
+    if cert.body_digest() != cert.digest:
+        raise BlockCertError(f"{CERTIFICATE_FILE} does not match its digest (edited?); rerun `blockcert stitch`")
+    ev = resolve_inside(run_dir, cert.evaluation_file)
+    if not ev.is_file() or sha256_file(ev) != cert.evaluation_sha256:
+        raise BlockCertError(f"{cert.evaluation_file} is missing or changed since stitching; rerun `blockcert stitch`")
+    return cert
+
+
+def stitched_block_certificates(
+    run_dir: Path, summary: RunSummary, cert: FullModelCertificate
+) -> dict[int, BlockCertificate]:
+    """The block certificates a full-model certificate stands on, as it recorded them."""
+    out = {}
+    for ref in cert.block_certificates:
+        bc = block_certificate(run_dir, summary, ref.index)
+        if bc.digest != ref.digest:
+            raise BlockCertError(
+                f"block {ref.index}: its certificate changed since stitching; rerun `blockcert stitch`"
+            )
+        out[ref.index] = bc
+    return out
+
+
+def load_bound_artifact(run_dir: Path) -> BoundArtifact:
+    """RUN_DIR/bound.json, refused unless it matches its schema, its digest, and the run's block certificates."""
+
+    path = run_dir / BOUND_FILE
+    if not path.is_file():
+        raise BlockCertError(f"{run_dir} holds no {BOUND_FILE}; run `blockcert bound {run_dir}` first")
+    art = load_model_file(path, BoundArtifact, "bound file")
+    if art.body_digest() != art.digest:
+        raise BlockCertError(f"{BOUND_FILE} does not match its digest (edited?); rerun `blockcert bound`")
+    summary = load_run_summary(run_dir)
+    if art.block_certificates != {str(e.index): e.digest for e in summary.blocks}:
+        raise BlockCertError(f"{BOUND_FILE} was computed for other block certificates; rerun `blockcert bound`")
+    return art
