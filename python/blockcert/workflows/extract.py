@@ -13,7 +13,7 @@ from blockcert.core.metrics import Policy, Thresholds, block_metrics, per_prompt
 from blockcert.core.replay import replay
 from blockcert.core.selection import parse_blocks
 from blockcert.core.tolerances import LOSS_ATOL, REPLAY_RTOL
-from blockcert.present.progress import say, track
+from blockcert.present.progress import say
 from blockcert.records.certificate import BlockCertificate, Tolerances
 from blockcert.records.summary import BlockEntry, RunSummary
 from blockcert.store import layout
@@ -21,6 +21,7 @@ from blockcert.store.files import ensure_writable_dir, json_bytes
 from blockcert.store.prompts import PromptSet, load_prompts, prompt_info, prompts_file_bytes
 from blockcert.store.tensors import ir_files, record_bytes
 from blockcert.surrogates import derive_named
+from blockcert.workflows.executor import Executor, LocalExecutor
 from blockcert.workflows.run import Run
 
 
@@ -50,8 +51,8 @@ class ExtractOptions:
 
 
 
-def _certify_block(files: dict[str, bytes], i, lm_info, pinfo, thresholds, policy, dtype, ir, trace, loss):
-    """Measure block i's surrogate on its traces; add its artifacts to `files`; return its sealed certificate."""
+def _certify_block(prompts_bytes: bytes, i, lm_info, pinfo, thresholds, policy, dtype, ir, trace, loss):
+    """Measure block i's surrogate on its traces: its sealed certificate and its files (path -> bytes)."""
     bdir = f"block_{i:03d}"
     ours = {f"{bdir}/{name}": data for name, data in ir_files(ir).items()}
     ours[f"{bdir}/{layout.TRACES}"] = record_bytes(trace)
@@ -65,7 +66,7 @@ def _certify_block(files: dict[str, bytes], i, lm_info, pinfo, thresholds, polic
         {"block_index": i, "metrics": m.model_dump(mode="json"),
          "per_prompt": [p.model_dump(mode="json") for p in per_prompt]}
     )
-    hashed = {**ours, layout.PROMPTS: files[layout.PROMPTS]}
+    hashed = {**ours, layout.PROMPTS: prompts_bytes}
     ok, reasons = verdict(m, policy)
     scale = max(1.0, m.max_output_norm or 1.0)
     cert = BlockCertificate(
@@ -75,9 +76,8 @@ def _certify_block(files: dict[str, bytes], i, lm_info, pinfo, thresholds, polic
         artifacts={rel: sha256_bytes(data) for rel, data in sorted(hashed.items())},
         certified=ok, reasons=tuple(reasons),
     ).sealed()
-    files.update(ours)
-    files[f"{bdir}/{layout.CERTIFICATE}"] = json_bytes(cert.model_dump(mode="json"))
-    return cert
+    ours[f"{bdir}/{layout.CERTIFICATE}"] = json_bytes(cert.model_dump(mode="json"))
+    return cert, ours
 
 
 def summary_of(lm_info, pinfo, opts_thresholds, opts_policy, certs: list[BlockCertificate]) -> RunSummary:
@@ -104,6 +104,7 @@ def extract_run(
     thresholds: Thresholds = Thresholds(),
     policy: Policy = Policy(),
     batch_size: int = 8,
+    executor: Executor | None = None,
 ) -> Run:
     """Trace once, derive and certify a surrogate per block: the whole run in memory (nothing is written)."""
     native = NativeModel(lm)
@@ -112,10 +113,16 @@ def extract_run(
     traces, losses = record_traces(native, batch, blocks, irs, batch_size)
     files = {layout.PROMPTS: prompts_file_bytes(ps, batch)}
     lm_info, pinfo = model_info(lm, native.device), prompt_info(ps, batch)
-    certs = []
-    for i in track(blocks, "certifying blocks", total=len(blocks)):
+    prompts_bytes = files[layout.PROMPTS]
+
+    def certify(i: int):
         measured = (irs[i], traces[i], losses[i])
-        certs.append(_certify_block(files, i, lm_info, pinfo, thresholds, policy, lm.dtype, *measured))
+        return _certify_block(prompts_bytes, i, lm_info, pinfo, thresholds, policy, lm.dtype, *measured)
+
+    certs = []
+    for cert, block_files in (executor or LocalExecutor()).map(certify, blocks, "certifying blocks"):
+        certs.append(cert)
+        files.update(block_files)
     summary = summary_of(lm_info, pinfo, thresholds, policy, certs)
     files[layout.SUMMARY] = json_bytes(summary.model_dump(mode="json"))
     return Run(summary=summary, certificates={c.block_index: c for c in certs}, files=files)
