@@ -1,0 +1,3 @@
+import MaxKCert.Brute
+import MaxKCert.Cubic
+import MaxKCert.Subcubic
