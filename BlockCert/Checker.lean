@@ -6,6 +6,12 @@ comparisons and structural recursion on lists only, so a generated module can
 prove `check run = true` by kernel evaluation. `check_sound` turns that fact,
 plus the per-block hypotheses for the run's numbers, into the global bound
 `d(F̂ x, F x) ≤ claimed` over `Rat`.
+
+The per-prompt bound (`PerPrompt`, `checkPrompts`, `checkPrompts_sound`): each prompt
+has its own `ε_i` and `L_i`; `promptRun` makes it a `Run` of its own (the run's
+block indices, no coverage: that is checked once, on the run), so `check` and
+`check_sound` apply to it unchanged, and one claim (the max over prompts) bounds
+every prompt.
 -/
 import BlockCert.Exact
 import BlockCert.RatInst
@@ -249,5 +255,101 @@ theorem check_measured (r : Run) (hc : check r = true) {m c : Q}
   rw [hm] at hmv
   rw [hm, hcl] at hmo
   exact Q.leB_toRat (a := m) (b := c) (of_decide_eq_true hmv) (of_decide_eq_true hcv) hmo
+
+/-! ## The per-prompt bound -/
+
+/-- One prompt's `ε_i` and `L_i` for the run's block at the same position. -/
+structure PromptBlock where
+  epsilon : Q
+  lipschitz : Q
+  deriving Repr
+
+/-- One prompt: its constants for every block of the run, in order. -/
+structure PromptData where
+  blocks : List PromptBlock
+  measuredDeviation : Option Q
+  deriving Repr
+
+/-- One claim that every prompt's bound must meet (the max over prompts). -/
+structure PerPrompt where
+  claimedBound : Q
+  prompts : List PromptData
+  deriving Repr
+
+/-- The run's blocks with one prompt's constants; no coverage (0 tokens, not
+certified), which is what `blockOk` demands of a block without coverage. -/
+def promptBlocks : List Block → List PromptBlock → List Block
+  | b :: bs, q :: qs =>
+    { index := b.index, epsilon := q.epsilon, lipschitz := some q.lipschitz,
+      actCovered := 0, nTokens := 0, lossCovered := ⟨0, 1⟩, lossTotal := ⟨0, 1⟩,
+      certified := false } :: promptBlocks bs qs
+  | _, _ => []
+
+def sameLength : List Block → List PromptBlock → Bool
+  | [], [] => true
+  | _ :: bs, _ :: qs => sameLength bs qs
+  | _, _ => false
+
+/-- One prompt as a run of its own, claiming `c`. -/
+def promptRun (r : Run) (c : Q) (p : PromptData) : Run :=
+  { policy := r.policy, blocks := promptBlocks r.blocks p.blocks, claimedBound := some c,
+    measuredDeviation := p.measuredDeviation }
+
+def promptOk (r : Run) (c : Q) (p : PromptData) : Bool :=
+  sameLength r.blocks p.blocks && (check (promptRun r c p) &&
+    (globalBound (promptBlocks r.blocks p.blocks)).isSome)
+
+def allPromptsOk (r : Run) (c : Q) : List PromptData → Bool
+  | [] => true
+  | p :: ps => promptOk r c p && allPromptsOk r c ps
+
+def checkPrompts (r : Run) (pp : PerPrompt) : Bool :=
+  pp.claimedBound.valid && allPromptsOk r pp.claimedBound pp.prompts
+
+/-- What `lake exe blockcert_check` decides: the run, and its per-prompt part if any. -/
+def checkFormal (r : Run) : Option PerPrompt → Bool
+  | none => check r
+  | some pp => check r && checkPrompts r pp
+
+/-- `p` is one of `ps`. A plain recursive predicate, so that the proofs below need
+no lemma about `List.Mem` (whose shape has changed between releases). -/
+def Among (p : PromptData) : List PromptData → Prop
+  | [] => False
+  | q :: qs => p = q ∨ Among p qs
+
+theorem allPromptsOk_among (r : Run) (c : Q) :
+    ∀ (ps : List PromptData) (p : PromptData), allPromptsOk r c ps = true → Among p ps →
+      promptOk r c p = true := by
+  intro ps
+  induction ps with
+  | nil =>
+    intro p _ hp
+    have hf : False := hp
+    exact hf.elim
+  | cons q qs ih =>
+    intro p h hp
+    have h1 := band h
+    have hp' : p = q ∨ Among p qs := hp
+    cases hp' with
+    | inl e =>
+      rw [e]
+      exact h1.1
+    | inr hr => exact ih p h1.2 hr
+
+/-- Soundness of the per-prompt check: for every prompt `p` of the run and any input
+`x` whose traced trajectory satisfies that prompt's hypotheses (its own `ε_i`, `L_i`),
+the stitched model is within the one claim `c` of the baseline at `x`. -/
+theorem checkPrompts_sound (r : Run) (pp : PerPrompt) (hc : checkPrompts r pp = true)
+    {c : Q} (hcl : pp.claimedBound = c) (p : PromptData) (hp : Among p pp.prompts)
+    {X : Type} (D : DistSpace X Rat ratArith) (B Bh : Nat → X → X) (x : X)
+    (hT : TrajHyp ratArith D (stagesOf B Bh (promptBlocks r.blocks p.blocks)) x x) :
+    D.dist (runSurr (stagesOf B Bh (promptBlocks r.blocks p.blocks)) x)
+        (runBase (stagesOf B Bh (promptBlocks r.blocks p.blocks)) x) ≤ c.toRat := by
+  subst hcl
+  have h1 := band hc
+  have hp1 := allPromptsOk_among r pp.claimedBound pp.prompts p h1.2 hp
+  have h2 := band hp1
+  have h3 := band h2.2
+  exact check_sound (promptRun r pp.claimedBound p) h3.1 h3.2 (c := pp.claimedBound) rfl D B Bh x hT
 
 end BlockCert

@@ -33,6 +33,16 @@ def leB (a b : Q) : Bool := decide (a.num * b.den ≤ b.num * a.den)
 
 def toRat (a : Q) : Rat := mkRat a.num a.den
 
+/-- `0 ≤ (n : Int)`. Stated for a plain `n` so that callers never ask `omega` about
+`0 ≤ ↑(a * b)` (a cast of a product, which `omega` may or may not see through);
+the alternatives cover the lemma's names across releases. -/
+theorem den_nonneg (n : Nat) : 0 ≤ (n : Int) := by
+  first
+  | exact Int.ofNat_zero_le n
+  | exact Int.natCast_nonneg n
+  | exact Int.ofNat_nonneg n
+  | omega
+
 theorem toRat_add (a b : Q) (ha : a.den ≠ 0) (hb : b.den ≠ 0) :
     (Q.add a b).toRat = a.toRat + b.toRat :=
   (Rat.mkRat_add_mkRat a.num b.num ha hb).symm
@@ -45,7 +55,9 @@ theorem toRat_nonneg {q : Q} (h : 0 ≤ q.num) : 0 ≤ q.toRat := by
   rw [← Rat.divInt_ofNat]
   apply Rat.divInt_nonneg
   · exact h
-  · omega
+  · first
+    | exact den_nonneg _
+    | omega
 
 /-- Cross-multiplication decides `≤` of the fractions. Via `0 ≤ b - a`, written as
 one `mkRat` whose numerator is `b.num * a.den - a.num * b.den`. -/
@@ -56,8 +68,15 @@ theorem toRat_le {a b : Q} (ha : a.den ≠ 0) (hb : b.den ≠ 0)
     Rat.mkRat_add_mkRat _ _ hb ha, ← Rat.divInt_ofNat]
   apply Rat.divInt_nonneg
   · rw [Int.neg_mul]
-    omega
-  · omega
+    -- linear in the two products, which `omega` takes as atoms; the fallback avoids it
+    first
+    | omega
+    | (have hs := Int.sub_nonneg_of_le h
+       rw [Int.sub_eq_add_neg] at hs
+       exact hs)
+  · first
+    | exact den_nonneg _
+    | omega
 
 theorem leB_toRat {a b : Q} (ha : a.den ≠ 0) (hb : b.den ≠ 0) (h : Q.leB a b = true) :
     a.toRat ≤ b.toRat :=

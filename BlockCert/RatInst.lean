@@ -11,10 +11,38 @@ import BlockCert.Composition
 
 namespace BlockCert
 
+/- `Rat.add_le_add_right` / `Rat.add_le_add_left` have been an iff
+(`a + c ≤ b + c ↔ a ≤ b`) and may be an implication in another release, with the
+added term explicit or implicit; nobody here can compile against v4.35, so each
+step tries every plausible form, and the last resort avoids both lemmas: it goes
+through `0 ≤ (b + c) - (a + c)`, using only lemmas `rat_mul_le_mul_left` below
+relies on as well. -/
+theorem rat_add_le_add_right {a b c : Rat} (h : a ≤ b) : a + c ≤ b + c := by
+  first
+  | exact (@Rat.add_le_add_right a b c).mpr h
+  | exact (Rat.add_le_add_right (a := a) (b := b) (c := c)).mpr h
+  | exact Rat.add_le_add_right h c
+  | exact Rat.add_le_add_right h
+  | exact Rat.add_le_add_right (c := c) h
+  | (apply (Rat.le_iff_sub_nonneg (a + c) (b + c)).mpr
+     have e : b + c - (a + c) = b - a := by
+       rw [Rat.sub_eq_add_neg, Rat.sub_eq_add_neg, Rat.neg_add, Rat.add_assoc, Rat.add_comm c,
+         Rat.add_assoc, Rat.neg_add_cancel, Rat.add_zero]
+     rw [e]
+     exact (Rat.le_iff_sub_nonneg a b).mp h)
+
+theorem rat_add_le_add_left {a b c : Rat} (h : a ≤ b) : c + a ≤ c + b := by
+  first
+  | exact (@Rat.add_le_add_left a b c).mpr h
+  | exact (Rat.add_le_add_left (a := a) (b := b) (c := c)).mpr h
+  | exact Rat.add_le_add_left h c
+  | exact Rat.add_le_add_left h
+  | exact Rat.add_le_add_left (c := c) h
+  | (rw [Rat.add_comm c a, Rat.add_comm c b]
+     exact rat_add_le_add_right h)
+
 theorem rat_add_le_add {a b c d : Rat} (h1 : a ≤ b) (h2 : c ≤ d) : a + c ≤ b + d :=
-  @Rat.le_trans (a + c) (b + c) (b + d)
-    ((@Rat.add_le_add_right a b c).mpr h1)
-    ((@Rat.add_le_add_left c d b).mpr h2)
+  @Rat.le_trans (a + c) (b + c) (b + d) (rat_add_le_add_right h1) (rat_add_le_add_left h2)
 
 -- Core has no `mul_le_mul_of_nonneg_left` for `Rat`; go through `0 ≤ c * (b - a)`.
 theorem rat_mul_le_mul_left {a b c : Rat} (hc : 0 ≤ c) (h : a ≤ b) : c * a ≤ c * b := by

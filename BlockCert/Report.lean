@@ -87,7 +87,36 @@ def runProblems (r : Run) : List String :=
   (if optValid r.measuredDeviation then [] else ["measured_deviation has a zero denominator"]) ++
   claimProblems r ++ measuredProblems r
 
-def report (name : String) (r : Run) : IO Unit := do
+def promptLine (r : Run) (c : Q) (k : Nat) (p : PromptData) : String :=
+  let status := if promptOk r c p then "ok  " else "FAIL"
+  let g := match globalBound (promptBlocks r.blocks p.blocks) with
+    | some g => g.pretty
+    | none => "not computed"
+  s!"  [{status}] prompt {k}: bound = {g}, measured = {optShow p.measuredDeviation}"
+
+def promptLines (r : Run) (c : Q) : Nat → List PromptData → List String
+  | _, [] => []
+  | k, p :: ps => promptLine r c k p :: promptLines r c (k + 1) ps
+
+def promptProblems (r : Run) (c : Q) (k : Nat) (p : PromptData) : List String :=
+  let pre := s!"prompt {k}: "
+  (if sameLength r.blocks p.blocks then [] else
+    [pre ++ s!"{p.blocks.length} block values for the run's {r.blocks.length} blocks"]) ++
+  (runProblems (promptRun r c p)).map (fun m => pre ++ m)
+
+def promptProblemsFrom (r : Run) (c : Q) : Nat → List PromptData → List String
+  | _, [] => []
+  | k, p :: ps => promptProblems r c k p ++ promptProblemsFrom r c (k + 1) ps
+
+def perPromptProblems (r : Run) (pp : PerPrompt) : List String :=
+  (if pp.claimedBound.valid then [] else ["per_prompt.claimed_bound has a zero denominator"]) ++
+  promptProblemsFrom r pp.claimedBound 0 pp.prompts
+
+def formalProblems (r : Run) : Option PerPrompt → List String
+  | none => runProblems r
+  | some pp => runProblems r ++ perPromptProblems r pp
+
+def report (name : String) (r : Run) (pp : Option PerPrompt) : IO Unit := do
   IO.println s!"run: {name}"
   IO.println s!"policy: alpha_act = {r.policy.alphaAct.pretty}, alpha_loss = {r.policy.alphaLoss.pretty}"
   for b in r.blocks do
@@ -97,11 +126,17 @@ def report (name : String) (r : Run) : IO Unit := do
   | none => IO.println "global bound: not computed (a block has no Lipschitz constant)"
   IO.println s!"claimed bound: {optShow r.claimedBound}"
   IO.println s!"measured deviation: {optShow r.measuredDeviation}"
-  if check r then
+  match pp with
+  | none => pure ()
+  | some part =>
+    IO.println s!"per-prompt claimed bound: {part.claimedBound.pretty}"
+    for line in promptLines r part.claimedBound 0 part.prompts do
+      IO.println line
+  if checkFormal r pp then
     IO.println "verdict: PASS"
   else
     IO.println "verdict: FAIL"
-    for msg in runProblems r do
+    for msg in formalProblems r pp do
       IO.println s!"  - {msg}"
 
 /-- `PATH` is a run directory (then `PATH/formal_run.json` is read) or a JSON file. -/
@@ -130,13 +165,13 @@ def cliMain (args : List String) : IO UInt32 := do
         IO.eprintln s!"blockcert_check: {path}: not valid JSON: {msg}"
         return 2
       | .ok j =>
-        match parseRun j with
+        match parseFormal j with
         | .error msg =>
           IO.eprintln s!"blockcert_check: {path}: ill-formed formal run: {msg}"
           return 2
-        | .ok r =>
-          report (runName j) r
-          return (if check r then 0 else 1)
+        | .ok (r, pp) =>
+          report (runName j) r pp
+          return (if checkFormal r pp then 0 else 1)
   | _ =>
     IO.eprintln "usage: blockcert_check RUN_DIR | FORMAL_RUN_JSON"
     return 2

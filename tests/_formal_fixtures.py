@@ -13,13 +13,29 @@ every machine.
 from __future__ import annotations
 
 import json
+import math
+from fractions import Fraction
 from pathlib import Path
 
+from blockcert.core.exact import decimal_str
 from blockcert.core.metrics import BlockMetrics, Policy, Thresholds, verdict
+from blockcert.records.bound import (
+    KIND_DESCRIPTIONS,
+    KINDS,
+    SOUND_KINDS,
+    BlockBound,
+    BoundArtifact,
+    BoundOptionsRecord,
+    Constant,
+    KindBound,
+)
+from blockcert.records.bound_claims import claim_problems, kind_prefixes, log10, measured_prefix
+from blockcert.records.bound_claims import claimed as claimed_bound
 from blockcert.records.certificate import BlockCertificate, ModelInfo, PromptInfo, Tolerances
 from blockcert.store import layout
 from blockcert.store.records_io import write_model_file
 from blockcert.workflows.extract import summary_of
+from blockcert.workflows.reseal import reseal_run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formal"
 SPECS = FIXTURES / "runs"  # runs that have a formal run (each has golden files)
@@ -98,43 +114,75 @@ def _full_model(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> Non
 
 
 def _bound(run_dir: Path, spec: dict, certs: list[BlockCertificate]) -> None:
-    """bound.json as `blockcert bound` writes it, from the spec's per-layer constants (same composition and
-    rounding: exact recursion over every layer, claimed = rounded up to 6 significant digits)."""
-    from blockcert.core.exact import decimal_str, prefix_bounds, round_up_sig, to_fraction
-    from blockcert.records.bound import (
-        KINDS,
-        SOUND_KINDS,
-        BlockBound,
-        BoundArtifact,
-        BoundOptionsRecord,
-        Constant,
-        KindBound,
-    )
+    """bound.json (schema /2) as `blockcert bound` writes it, from the spec's per-layer constants, with every claim
+    made by `bound_claims` itself, so that `claim_problems` re-derives each one.
 
+    Per prompt p (PROMPTS.n_prompts = 2) and layer i: the certified ε is the certificate's for p = 0 and half of it
+    for p = 1; the replay's forward error is the spec's `replay_error` (default 2⁻²⁴ on stitched layers, 2⁻²⁶ on
+    native ones), halved for p = 1; ε_composed = ε_real + forward error (ε_real = the certified ε), which exceeds
+    the certificate's ε on every layer, as it does on real runs. Per-prompt constants are the spec's `per_prompt`
+    pair (default: the pointwise value for both); `metric` takes the global value in the max-token distance. The
+    measured deviation after each layer is half the smallest sound bound there (prompt 1: half of prompt 0's),
+    and the spec's `measured_deviation` after the last."""
     bs = spec["bound"]
     by_index = {c.block_index: c for c in certs}
-    eps = {i: (by_index[i].metrics.epsilon if i in by_index else 0.0) for i in range(MODEL.num_layers)}
     layers = bs["layers"]
-    blocks = tuple(
-        BlockBound(index=i, stitched=i in by_index, epsilon=eps[i], input_deviation=0.0, output_deviation=0.0,
-                   radius=0.0, epsilon_per_prompt=(eps[i],), output_deviation_per_prompt=(0.0,),
-                   constants=tuple(Constant(kind=k, value=la.get(k), sound=k in SOUND_KINDS, assumptions=("fixture",))
-                                   for k in KINDS))
-        for i, la in enumerate(layers)
-    )
-    claimed = {k: round_up_sig(prefix_bounds([to_fraction(eps[i]) for i in range(len(layers))],
-                                             [to_fraction(la.get(k) or 0.0) for la in layers])[-1], 6) for k in KINDS}
+    n_prompts = PROMPTS.n_prompts
+
+    def eps(i: int) -> float:
+        return by_index[i].metrics.epsilon if i in by_index else 0.0
+
+    def per_prompt(x: float) -> tuple[float, ...]:
+        return (x, x / 2)  # p = 1 exactly half (a power-of-two scaling: exact in binary, so max is p = 0)
+
+    draft = []
+    for i, la in enumerate(layers):
+        fwd = la.get("replay_error", 2.0 ** -24 if i in by_index else 2.0 ** -26)
+        composed = eps(i) + fwd  # rounded to nearest; the fixture only needs ε_composed ≥ ε_real + fwd exactly
+        while composed < eps(i) + fwd or Fraction(composed) < Fraction(eps(i)) + Fraction(fwd):
+            composed = math.nextafter(composed, math.inf)
+        pointwise = la.get("pointwise", la.get("local"))
+        pp = tuple(la.get("per_prompt", (pointwise, pointwise)))
+        values = {**{k: la.get(k) for k in KINDS}, "pointwise": pointwise, "metric": la["global"], "per_prompt": pp[0]}
+        constants = tuple(
+            Constant(kind=k, value=values[k], sound=k in SOUND_KINDS, assumptions=("fixture",),
+                     per_prompt=(pp if k == "per_prompt" else (la["global"],) * n_prompts if k == "metric" else ()))
+            for k in KINDS)
+        draft.append(dict(index=i, stitched=i in by_index, epsilon=eps(i), input_deviation=0.0, radius=0.0,
+                          epsilon_per_prompt=per_prompt(eps(i)), epsilon_composed=composed,
+                          epsilon_composed_per_prompt=per_prompt(composed),
+                          epsilon_real_per_prompt=per_prompt(eps(i)), replay_error_per_prompt=per_prompt(fwd),
+                          metric_weights_in=((1.0,) * 4,) * n_prompts, metric_radius_per_prompt=(0.0,) * n_prompts,
+                          epsilon_metric_per_prompt=per_prompt(composed), constants=constants))
+
+    def blocks_with(dev: list[float]) -> tuple[BlockBound, ...]:
+        return tuple(BlockBound(**d, output_deviation=x, output_deviation_per_prompt=per_prompt(x),
+                                output_deviation_metric_per_prompt=per_prompt(x))
+                     for d, x in zip(draft, dev, strict=True))
+
+    # The bounds do not depend on the measured deviations: compute them once, then measure below them.
+    prefix = kind_prefixes(blocks_with([0.0] * len(layers)))
+    lowest = [min(prefix[k][i] for k in SOUND_KINDS) for i in range(len(layers))]
+    dev = [float(b / 2) for b in lowest[:-1]] + [bs["measured_deviation"]]
+    blocks = blocks_with(dev)
+    prefix = kind_prefixes(blocks)
+    claimed = {k: claimed_bound(prefix[k]) for k in KINDS}
+    measured = {k: measured_prefix(blocks, k) for k in KINDS}
     art = BoundArtifact(
         model=MODEL, prompts=PROMPTS,
         options=BoundOptionsRecord(radius=None, empirical_tokens=2, power_iters=8, pieces=1),
         block_certificates={str(c.block_index): c.digest for c in certs}, blocks=blocks,
         claimed_bound={k: decimal_str(v) for k, v in claimed.items()},
-        bounds=tuple(KindBound(kind=k, sound=k in SOUND_KINDS, claimed_bound=decimal_str(claimed[k]),
-                               log10_bound=None, ratio=None, log10_ratio=None, prefix_log10_bound=())
+        bounds=tuple(KindBound(kind=k, sound=k in SOUND_KINDS, description=KIND_DESCRIPTIONS[k],
+                               claimed_bound=decimal_str(claimed[k]), log10_bound=log10(prefix[k][-1]), ratio=None,
+                               log10_ratio=None, prefix_log10_bound=tuple(log10(b) for b in prefix[k]),
+                               prefix_measured=tuple(measured[k]))
                      for k in KINDS),
-        measured_deviation=bs["measured_deviation"], measured_prefix=(), measured_deviation_stitch=None,
+        measured_deviation=dev[-1], measured_prefix=tuple(dev), measured_deviation_stitch=None,
         ratios={k: None for k in KINDS}, formal_kind=bs["formal_kind"],
     ).sealed()
+    problems = claim_problems(art)
+    assert not problems, problems  # the spec's numbers must make a bound.json `blockcert verify` accepts
     write_model_file(run_dir / "bound.json", art)
 
 
@@ -151,4 +199,5 @@ def materialize(name: str, root: Path, specs: Path = SPECS) -> Path:
         _bound(run_dir, spec, certs)
     if spec.get("full_model") is not None:
         _full_model(run_dir, spec, certs)
+    reseal_run(run_dir)  # the sealed manifest lists every file written above
     return run_dir

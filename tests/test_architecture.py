@@ -127,6 +127,7 @@ def test_a_new_llama_like_family_is_one_subclass(monkeypatch):
         architecture = "MistralForCausalLM"
         label = "Mistral (no sliding window)"
 
+    monkeypatch.delitem(ADAPTERS, "mistral")  # the registered one, to show the subclass alone suffices
     monkeypatch.setitem(ADAPTERS, "mistral", MistralAdapter())
     model, tok = _tiny_mistral()
     run = blockcert.extract(wrap_model(model, tok, "tiny-mistral"), ["hello there", "a b c d e f"], blocks="all")
@@ -135,9 +136,14 @@ def test_a_new_llama_like_family_is_one_subclass(monkeypatch):
 
 
 def test_an_unregistered_family_fails_with_the_supported_list():
-    model, tok = _tiny_mistral()
-    with pytest.raises(BlockCertError, match="unsupported architecture.*supported: .*Llama"):
-        wrap_model(model, tok)
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from blockcert.arch.toy import byte_tokenizer
+
+    model = OPTForCausalLM(OPTConfig(vocab_size=260, hidden_size=32, num_hidden_layers=1, ffn_dim=64,
+                                     num_attention_heads=4, word_embed_proj_dim=32)).eval()
+    with pytest.raises(BlockCertError, match="unsupported architecture .*'opt'.*supported: .*Llama.*Phi-3"):
+        wrap_model(model, byte_tokenizer())
 
 
 def test_a_new_surrogate_kind_is_one_registration(monkeypatch, toy_models):

@@ -44,6 +44,16 @@ def example_run():
     return read_formal(FIXTURES / "example_run.json")
 
 
+def fixture_module(run_dir: Path) -> str:
+    """The module name of a fixture run: its readable name, then 8 hex digits of its manifest's run id."""
+    from blockcert.store.manifest import load_manifest
+
+    return module_name(build_formal(run_dir).run.name, load_manifest(run_dir).run_id())
+
+
+RUN_ID = re.compile(r"_[0-9a-f]{8}\b")
+
+
 @pytest.mark.parametrize(
     ("run", "name"),
     [("smollm2-135m/run1", "Smollm2_135m_run1"), ("tiny-fixture/carried", "Tiny_fixture_carried"),
@@ -52,6 +62,8 @@ def example_run():
 def test_module_names(run, name):
     assert module_name(run) == name
     assert re.fullmatch(r"[A-Z][A-Za-z0-9_]*", name)
+    run_id = "3fa29c1e" + "0" * 56
+    assert module_name(run, run_id) == (name[:-4] if name == "Example_run" else name) + "_3fa29c1e"
 
 
 # ---- golden text --------------------------------------------------------------------------------------
@@ -69,13 +81,18 @@ def test_golden_module_and_formal_json(spec, tmp_path):
     run_dir = materialize(spec, tmp_path / "runs")
     module = instantiate(run_dir, lean_tree(tmp_path / "lean"))
     name = module.stem
+    assert name == fixture_module(run_dir) and RUN_ID.search(name)  # the run id's 8 hex digits end the name
     assert module == tmp_path / "lean" / "BlockCert" / "Runs" / f"{name}.lean"
     text = module.read_text(encoding="utf-8")
     assert (run_dir / f"{name}.lean").read_text(encoding="utf-8") == text  # the copy beside the run
-    _golden(GOLDEN / f"{name}.lean", text)
+    # The run id digests the certificates, which record the tool's version: the golden text has it as <runid>,
+    # after the assertion above pinned it exactly.
+    stem = name[: -len("_12345678")]
+    _golden(GOLDEN / f"{stem}.lean", text.replace(name, f"{stem}_<runid>"))
     # Provenance digests change with the tool's version (certificates record it); the rest must not.
     text = (run_dir / "formal_run.json").read_text(encoding="utf-8")
-    _golden(GOLDEN / f"{spec}.formal_run.json", re.sub(r'"[0-9a-f]{64}"', '"<sha256>"', text))
+    text = re.sub(r'"[0-9a-f]{64}"', '"<sha256>"', text).replace(name, f"{stem}_<runid>")
+    _golden(GOLDEN / f"{spec}.formal_run.json", text)
 
 
 def test_example_renders_as_the_hand_written_example():
@@ -131,10 +148,34 @@ def _pattern(text: str) -> str:
     return "".join(out) + re.escape(text[pos:])
 
 
+_PAIR = rf"⟨⟨{_INT}, {_POS}⟩, ⟨{_INT}, {_POS}⟩⟩"
+_PLACEHOLDERS["⟨ε, L⟩ pairs"] = rf"(?:{_PAIR}(?:, {_PAIR})*)?"
+
+
+def _claim(block: str, num: str, den: str, group: str) -> str:
+    """A code block of GENERATED.md with its constant (`num`/`den`) captured once and repeated identically."""
+    b = block.replace(num, f"(?P<{group}num>-?\\d+)", 1).replace(den, f"(?P<{group}den>[1-9]\\d*)", 1)
+    return b.replace(num, f"(?P={group}num)").replace(den, f"(?P={group}den)")
+
+
+def _per_prompt_regex(block: str) -> str:
+    lines = block.splitlines()
+    start = lines.index("    prompts := [")
+    more = next(i for i, line in enumerate(lines) if line.strip().startswith("<<…"))
+    end = lines.index("    ] }")
+    entry = "\n".join(lines[start + 1:more])
+    assert entry.endswith("},"), "a prompt entry in the template ends with `},`"
+    e = _pattern(entry[:-1])
+    prompts = rf"    prompts := \[\n(?:{e},\n)*{e}\n    \] \}}\n|    prompts := \[\] \}}\n"
+    head = _pattern("\n".join(lines[:start]) + "\n")
+    tail = _pattern("\n".join(lines[end + 1:]) + "\n")
+    return _claim(f"{head}(?:{prompts}){tail}", "P_NUM", "P_DEN", "p")
+
+
 def template_regex() -> re.Pattern:
     doc = (REPO / "BlockCert" / "GENERATED.md").read_text(encoding="utf-8")
     section = doc[doc.index("## Template"):]
-    template, bound = re.findall(r"```lean\n(.*?)```", section, flags=re.S)[:2]
+    template, bound, per_prompt = re.findall(r"```lean\n(.*?)```", section, flags=re.S)[:3]
     lines = template.splitlines()
     start = lines.index("    blocks := [")
     more = next(i for i, line in enumerate(lines) if line.strip().startswith("<<…"))
@@ -146,12 +187,11 @@ def template_regex() -> re.Pattern:
     head = _pattern("\n".join(lines[:start]) + "\n")
     tail_lines = lines[end + 1:]
     k = tail_lines.index("<<BOUND PART>>")
+    assert tail_lines[k + 1] == "<<PER-PROMPT PART>>"
     before = _pattern("\n".join(tail_lines[:k]) + "\n")
-    after = _pattern("\n".join(tail_lines[k + 1:]) + "\n")
-    c_num, c_den = r"(?P<cnum>-?\d+)", r"(?P<cden>[1-9]\d*)"
-    b = re.escape(bound).replace("C_NUM", c_num, 1).replace("C_DEN", c_den, 1)
-    b = b.replace("C_NUM", "(?P=cnum)").replace("C_DEN", "(?P=cden)")
-    return re.compile(f"{head}(?:{blocks}){before}(?:{b}|\n){after}")
+    after = _pattern("\n".join(tail_lines[k + 2:]) + "\n")
+    b = _claim(re.escape(bound), "C_NUM", "C_DEN", "c")
+    return re.compile(f"{head}(?:{blocks}){before}(?:{b}|\n)(?:{_per_prompt_regex(per_prompt)})?{after}")
 
 
 @pytest.mark.parametrize("spec", spec_names())
@@ -163,15 +203,25 @@ def test_generated_module_matches_the_template(spec, tmp_path):
     run = build_formal(run_dir).run
     if m.group("cnum") is not None:  # the bound part: its constant is the claimed bound
         assert Fraction(int(m.group("cnum")), int(m.group("cden"))) == run.claimed_bound
+    # the per-prompt part exactly when the run carries one, its constant the per-prompt claim
+    assert (m.group("pnum") is not None) == (run.per_prompt is not None)
+    if run.per_prompt is not None:
+        assert Fraction(int(m.group("pnum")), int(m.group("pden"))) == run.per_prompt.claimed_bound
     assert (m.group("cnum") is not None) == (
         run.claimed_bound is not None and all(b.lipschitz is not None for b in run.blocks)
     )
 
 
-@pytest.mark.parametrize("variant", ["full", "no_bound", "no_blocks"])
+@pytest.mark.parametrize("variant", ["full", "no_bound", "no_blocks", "prompts", "no_prompts"])
 def test_template_shape_of_edge_cases(variant):
+    from .test_formal import with_prompts
+
     r = example_run()
-    if variant == "no_bound":
+    if variant == "prompts":
+        r = with_prompts(r)
+    elif variant == "no_prompts":
+        r = replace(with_prompts(r), per_prompt=replace(with_prompts(r).per_prompt, prompts=()))
+    elif variant == "no_bound":
         r = replace(r, blocks=(replace(r.blocks[0], lipschitz=None), r.blocks[1]))
     elif variant == "no_blocks":
         r = replace(r, blocks=(), claimed_bound=None, measured_deviation=None)
@@ -187,7 +237,7 @@ def test_cli_lean_writes_and_reports(cli, tmp_path):
     res = cli("lean", run_dir, "--lean-root", tree, "--project")
     assert res.code == 0, res.err
     assert "verdict: PASS" in res.out and "global bound: not computed" in res.out
-    assert (tree / "BlockCert" / "Runs" / "Tiny_fixture_carried.lean").is_file()
+    assert (tree / "BlockCert" / "Runs" / f"{fixture_module(run_dir)}.lean").is_file()
     assert (run_dir / "formal_run.json").is_file()
     assert "note: no bound.json" in res.out
 
@@ -197,13 +247,14 @@ def test_cli_lean_writes_into_the_run_directory_as_a_lake_package_by_default(cli
     tree = lean_tree(tmp_path / "lean")
     res = cli("lean", run_dir, "--lean-root", tree)
     assert res.code == 0, res.err
-    module = run_dir / "Tiny_fixture_carried.lean"
+    name = fixture_module(run_dir)
+    module = run_dir / f"{name}.lean"
     assert module.is_file() and f"wrote {module}" in res.out
-    assert not (tree / "BlockCert" / "Runs" / "Tiny_fixture_carried.lean").exists()  # the project is untouched
+    assert not (tree / "BlockCert" / "Runs" / f"{name}.lean").exists()  # the project is untouched
     lakefile = (run_dir / "lakefile.lean").read_text(encoding="utf-8")
     where = re.search(r'require blockcert from "([^"]+)"', lakefile).group(1)
     assert (run_dir / where).resolve() == tree.resolve()  # the BlockCert library, by a path that resolves
-    assert "roots := #[`Tiny_fixture_carried]" in lakefile
+    assert f"roots := #[`{name}]" in lakefile
     assert (run_dir / "lean-toolchain").read_bytes() == (tree / "lean-toolchain").read_bytes()
     assert module.read_text(encoding="utf-8").startswith("-- Generated by blockcert.bridge")
     assert cli("verify", run_dir).code in (0, 1)  # the module copy is what verify compares, wherever it is
@@ -219,7 +270,7 @@ def test_cli_lean_fails_on_a_violating_run_but_writes_the_module(cli, tmp_path):
     assert res.code == 1
     assert "  - block 3: certified = true, but the coverages against the policy give false" in res.out
     # written all the same: on a host with Lean, `lake build` now fails on it
-    assert "certified := true" in (tree / "BlockCert" / "Runs" / "Tiny_fixture_carried.lean").read_text()
+    assert "certified := true" in (tree / "BlockCert" / "Runs" / f"{fixture_module(run_dir)}.lean").read_text()
 
 
 def test_build_without_lake_says_how_to_install_lean(cli, tmp_path, monkeypatch):
@@ -229,7 +280,7 @@ def test_build_without_lake_says_how_to_install_lean(cli, tmp_path, monkeypatch)
     with pytest.raises(BlockCertError) as e:
         run_lean(run_dir, build=True, lean_root=tree, into_project=True)
     assert str(e.value) == LAKE_MISSING and "elan" in LAKE_MISSING and "\n" not in LAKE_MISSING
-    assert (tree / "BlockCert" / "Runs" / "Tiny_fixture_carried.lean").is_file()
+    assert (tree / "BlockCert" / "Runs" / f"{fixture_module(run_dir)}.lean").is_file()
     res = cli("lean", run_dir, "--build", "--lean-root", tree, "--project")
     assert res.code == 1 and res.err.strip().splitlines() == [f"error: {LAKE_MISSING}"]
 
@@ -270,8 +321,7 @@ def _lake_check(tree: Path, path: Path) -> subprocess.CompletedProcess:
 @needs_lake
 def test_lake_build_checks_generated_modules(built_tree):
     tree, runs = built_tree
-    assert runs and all((tree / "BlockCert" / "Runs" / f"{module_name(build_formal(r).run.name)}.lean").is_file()
-                        for r in runs)
+    assert runs and all((tree / "BlockCert" / "Runs" / f"{fixture_module(r)}.lean").is_file() for r in runs)
 
 
 @needs_lake
@@ -312,7 +362,7 @@ def test_leanclient_diagnostics_are_clean(built_tree):
     from blockcert.workflows.lean import lean_diagnostics
 
     tree, runs = built_tree
-    name = module_name(build_formal(runs[0]).run.name)
+    name = fixture_module(runs[0])
     ok, lines = lean_diagnostics(tree, Path("BlockCert") / "Runs" / f"{name}.lean")
     assert ok and not [line for line in lines if ": error:" in line], lines
 
@@ -324,23 +374,29 @@ def test_write_formal_then_module_copy_is_checked_by_verify(tmp_path):
     run_dir = materialize("carried", tmp_path / "runs")
     instantiate(run_dir, lean_tree(tmp_path / "lean"))
     assert formal_problems(run_dir) == []
-    copy = run_dir / "Tiny_fixture_carried.lean"
+    name = fixture_module(run_dir)
+    copy = run_dir / f"{name}.lean"
     copy.write_text(copy.read_text(encoding="utf-8").replace("actCovered := 70", "actCovered := 74"))
     assert formal_problems(run_dir) == [
-        "Tiny_fixture_carried.lean differs from the module generated from the run's certificates: "
-        "rerun `blockcert lean`"
+        f"{name}.lean differs from the module generated from the run's certificates: rerun `blockcert lean`"
     ]
     write_formal(run_dir / "formal_run.json", replace(build_formal(run_dir).run, claimed_bound=Fraction(1)))
     assert "formal_run.json differs" in formal_problems(run_dir)[0]
 
 
 def test_another_runs_module_is_never_overwritten(tmp_path):
+    """Two runs of the same name (issue 11, case 6) get two modules, told apart by their run ids; a file at a run's
+    module path that is not that run's module is refused, never replaced."""
+    from .test_verify import reseal
+
     tree = lean_tree(tmp_path / "lean")
     a = materialize("carried", tmp_path / "one")
-    b = materialize("carried", tmp_path / "two")  # another run directory of the same name: same module name
-    instantiate(a, tree)
+    b = materialize("carried", tmp_path / "two")
+    reseal(b, 1, lambda d: d["metrics"].update(mae=1e-5))  # same run name, other certificates: another run id
+    ma, mb = instantiate(a, tree), instantiate(b, tree)
+    assert ma != mb and ma.stem[:-9] == mb.stem[:-9] == "Tiny_fixture_carried"
+    assert ma.is_file() and mb.is_file()
     instantiate(a, tree)  # the same run again: fine
-    summary = b / "summary.json"
-    summary.write_text(summary.read_text(encoding="utf-8").replace('"name": "tiny-fixture"', '"name": "tiny.fixture"'))
+    ma.write_text("-- someone else's module\nnamespace BlockCert.Runs.Other\n", encoding="utf-8")
     with pytest.raises(BlockCertError, match="is not this run's module"):
-        instantiate(b, tree)
+        instantiate(a, tree)

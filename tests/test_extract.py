@@ -91,11 +91,11 @@ def test_interrupted_run_leaves_no_valid_certificate_and_rerun_completes(toy_mod
     monkeypatch.setattr(ex, "_certify_block", crash_on_second)
     with contextlib.suppress(KeyboardInterrupt):
         run_extract(opts)
-    assert not (out / "summary.json").exists()
-    assert not (out / "block_001" / "certificate.json").exists()
+    # The run is certified in memory and saved verdicts-last, so an interrupted extract leaves no file that
+    # could pass for a certificate (and removes the output directory it created).
+    assert not out.exists() or not list(out.rglob("certificate.json")) and not (out / "summary.json").exists()
     from blockcert.verifier.run import verify_run
 
-    assert not verify_run(out).ok
     monkeypatch.setattr(ex, "_certify_block", real)
     run_extract(opts)
     assert verify_run(out).ok

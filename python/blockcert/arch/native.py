@@ -9,6 +9,7 @@ stream: no second copy of any weights is ever made.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +46,47 @@ class _Captured(Exception):
 
 @dataclass(frozen=True)
 class BlockArgs:
-    """What the model passes to every block besides the residual stream (mask, rotary tables, ...)."""
+    """What the model passes to each block besides the residual stream (mask, rotary tables, ...).
 
-    args: tuple
-    kwargs: dict
+    Per layer: families whose layers differ (sliding-window and full-attention layers, each with its own
+    mask and rotary base) hand each layer its own arguments; they are recorded exactly as the model's own
+    forward hands them out, never rebuilt by BlockCert.
+    """
+
+    layers: tuple[tuple[tuple, dict], ...]
+
+    def of(self, i: int) -> tuple[tuple, dict]:
+        return self.layers[i]
+
+    @property
+    def args(self) -> tuple:  # layer 0's, for callers that only look at the first block
+        return self.layers[0][0]
+
+    @property
+    def kwargs(self) -> dict:
+        return self.layers[0][1]
+
+
+# Attributes a model's forward may read off a decoder layer to choose its arguments (Gemma 3's
+# `attention_type` picks the sliding or the full mask): a recorder standing in for the layer carries them.
+_LAYER_ATTRS = ("attention_type", "layer_idx", "is_sliding", "sliding_window", "layer_type")
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for decoder layer i during `embed`: records its arguments, passes the stream through."""
+
+    def __init__(self, layer: torch.nn.Module, store: list, last: bool):
+        super().__init__()
+        for name in _LAYER_ATTRS:
+            if name in dir(layer):
+                object.__setattr__(self, name, getattr(layer, name))
+        self.store, self.last = store, last
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.store.append((hidden_states, args, kwargs))
+        if self.last:
+            raise _Captured  # the final norm and head are not needed
+        return hidden_states
 
 
 class NativeModel:
@@ -69,19 +107,24 @@ class NativeModel:
     def attention(self, i: int) -> torch.nn.Module:
         return self.adapter.attention(self.layers[i])
 
+    def materialized(self, i: int):
+        """Block i's weights in memory for the duration of a `with` (a no-op unless the model streams)."""
+        return self.lm.weights.layer(i) if self.lm.weights is not None else nullcontext()
+
     def extract_ir(self, i: int) -> BlockIR:
         """Exact-copy surrogate of block i, as the family's adapter declares it."""
-        return self.adapter.extract_ir(self, i)
+        with self.materialized(i):
+            return self.adapter.extract_ir(self, i)
 
     @torch.no_grad()
     def embed(self, batch: Batch) -> tuple[torch.Tensor, BlockArgs]:
-        seen: dict = {}
-
-        def hook(_mod, args, kwargs):
-            seen["args"], seen["kwargs"] = args, kwargs
-            raise _Captured
-
-        h = self.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+        """Block 0's input and every block's other arguments, from one pass of the model's own forward with
+        each decoder layer replaced by a recorder (no layer computes; embeddings run once)."""
+        seen: list = []
+        n = len(self.layers)
+        originals = [self.layers[i] for i in range(n)]
+        for i in range(n):
+            self.layers[i] = _Recorder(originals[i], seen, last=i == n - 1)
         try:
             self.lm.model(
                 input_ids=batch.ids.to(self.device),
@@ -91,14 +134,18 @@ class NativeModel:
         except _Captured:
             pass
         finally:
-            h.remove()
-        args, kwargs = seen["args"], dict(seen["kwargs"])
-        x = args[0] if args else kwargs.pop("hidden_states")
-        return x, BlockArgs(tuple(args[1:]), kwargs)
+            for i in range(n):
+                self.layers[i] = originals[i]
+        if len(seen) != n:
+            raise BlockCertError(f"the model's forward called {len(seen)} of its {n} decoder layers; not supported")
+        x = seen[0][0]
+        return x, BlockArgs(tuple((tuple(a), dict(k)) for _x, a, k in seen))
 
     @torch.no_grad()
     def block(self, i: int, x: torch.Tensor, ctx: BlockArgs) -> torch.Tensor:
-        out = self.layers[i](x, *ctx.args, **ctx.kwargs)
+        args, kwargs = ctx.of(i)
+        with self.materialized(i):
+            out = self.layers[i](x, *args, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     @torch.no_grad()
@@ -122,9 +169,9 @@ class NativeModel:
                 observe(i, x)
         return self.logits(x)
 
-    def attention_mask_bool(self, ctx: BlockArgs, batch: Batch) -> torch.Tensor:
-        """The mask the model really hands its blocks, as [P, T, T] booleans (True = may attend)."""
-        m = self.adapter.mask_from_args(ctx.args, ctx.kwargs)
+    def attention_mask_bool(self, ctx: BlockArgs, batch: Batch, i: int = 0) -> torch.Tensor:
+        """The mask the model really hands block i, as [P, T, T] booleans (True = may attend)."""
+        m = self.adapter.mask_from_args(*ctx.of(i))
         p, t = batch.ids.shape
         if m is None:  # eager attention with no mask attends everywhere: record that honestly
             return torch.ones(p, t, t, dtype=torch.bool)

@@ -64,17 +64,8 @@ def paired_replay(
     base_norm_max = torch.zeros(n_layers, dtype=torch.float64)
     for i in track(range(n_layers), label, total=n_layers):
         ir = load_ir(i) if i in stitched else None
-        for lo, s in zip(starts, state, strict=True):
-            b, ctx, xb, xs, valid, pos = s
-            xb = native.block(i, xb, ctx)
-            xs = run_block(ir, xs, valid, pos) if ir is not None else native.block(i, xs, ctx)
-            s[2], s[3] = xb, xs
-            d = xs.to(torch.float64) - xb.to(torch.float64)
-            errors[i, lo : lo + b.ids.shape[0]] = torch.where(valid.cpu(), row_norms(d), 0.0)
-            abs_sums[i] += exact_sum(d.abs()[valid])  # per-layer sums stay independent of the machine
-            norms = row_norms(xb)[valid.cpu()]
-            if norms.numel():
-                base_norm_max[i] = max(float(base_norm_max[i]), float(norms.max()))
+        with native.materialized(i):  # a streaming model reads layer i once for every chunk
+            _advance(native, i, ir, starts, state, errors, abs_sums, base_norm_max)
         del ir  # streaming: the next surrogate is loaded only when its layer comes up
     cols: list[list[torch.Tensor]] = [[] for _ in range(7)]
     for b, _ctx, xb, xs, _v, _p in state:
@@ -91,6 +82,21 @@ def paired_replay(
             del lb, ls
     bn, sn, ok, nb, ns, mb, ms = (torch.cat(c) for c in cols)
     return PairedReplay(batch.valid.clone(), errors, abs_sums, base_norm_max, bn, sn, ok, nb, ns, mb, ms)
+
+
+def _advance(native: NativeModel, i: int, ir, starts, state, errors, abs_sums, base_norm_max) -> None:
+    """Layer i for every chunk: the baseline and the stitched stream, and their per-token deviation."""
+    for lo, s in zip(starts, state, strict=True):
+        b, ctx, xb, xs, valid, pos = s
+        xb = native.block(i, xb, ctx)
+        xs = run_block(ir, xs, valid, pos) if ir is not None else native.block(i, xs, ctx)
+        s[2], s[3] = xb, xs
+        d = xs.to(torch.float64) - xb.to(torch.float64)
+        errors[i, lo : lo + b.ids.shape[0]] = torch.where(valid.cpu(), row_norms(d), 0.0)
+        abs_sums[i] += exact_sum(d.abs()[valid])  # per-layer sums stay independent of the machine
+        norms = row_norms(xb)[valid.cpu()]
+        if norms.numel():
+            base_norm_max[i] = max(float(base_norm_max[i]), float(norms.max()))
 
 
 def _floats(x: torch.Tensor) -> tuple[float | None, ...]:

@@ -5,8 +5,11 @@ Each supported activation φ has the same shape (checked on a dense grid by the 
   φ'  decreases on (−∞, −c], increases on [−c, c'], decreases on [c', ∞) (smooth ones; relu: φ' ∈ {0, 1})
 so the range over [lo, hi] is spanned by the endpoints and whichever critical points lie inside. The
 critical points are found once by bisection on a sign change in float64; being stationary points, an
-error δ in their location changes the value there by O(δ²). Every range is widened by `_SLACK` to cover
-the float64 evaluation itself.
+error δ in their location changes the value there by O(δ²). Every range is widened by
+`_SLACK·(1 + |x| + |value|)` at each point x it was evaluated at, to cover the float64 evaluation itself:
+torch's float64 sigmoid / erf / tanh / exp are accurate to a few ulp, and the products and sums around
+them (x·σ(x), 1 + erf(x/√2), ...) add errors of a few ulp of |x| and of the value. An absolute slack alone
+is not enough: at |x| ≈ 9·10³ one ulp of x is already 1.8e-12.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from blockcert.core.interpreter import activation as act
 
-_SLACK = 1e-12  # absolute widening of every computed range (float64 evaluation error is ~1e-16)
+_SLACK = 1e-12  # widening per unit of (1 + |x| + |value|): ≥ 4500 ulps, against a float64 error of a few ulps
 _SQRT_2_OVER_PI = 0.7978845608028654
 
 
@@ -74,15 +77,29 @@ def critical_points(name: str) -> tuple[float, float, float]:
     return (a, neg_c, pos_c)
 
 
+def outward(mid: torch.Tensor, rad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[lo, hi] ⊇ [mid − rad, mid + rad] exactly: fl(mid ± rad) is within half an ulp of the exact value and
+    may round inward, so each endpoint steps one float outward (at |x| ≈ 1e4 an ulp is 1.8e-12)."""
+    inf = torch.tensor(math.inf, dtype=mid.dtype)
+    return torch.nextafter(mid - rad, -inf), torch.nextafter(mid + rad, inf)
+
+
+def _widen(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _SLACK * (1 + x.abs() + v.abs())
+
+
 def _range_with_criticals(fn, name: str, lo: torch.Tensor, hi: torch.Tensor, crits: tuple[float, ...]):
-    vals = [fn(name, lo), fn(name, hi)]
-    low, high = torch.minimum(*vals), torch.maximum(*vals)
+    """[min, max] of fn over [lo, hi] (lo, hi exact floats), each candidate value widened by its own slack."""
+    v_lo, v_hi = fn(name, lo), fn(name, hi)
+    w_lo, w_hi = _widen(lo, v_lo), _widen(hi, v_hi)
+    low, high = torch.minimum(v_lo - w_lo, v_hi - w_hi), torch.maximum(v_lo + w_lo, v_hi + w_hi)
     for c in crits:
         inside = (lo <= c) & (c <= hi)
         vc = float(fn(name, torch.tensor(c, dtype=torch.float64)))
-        low = torch.where(inside, torch.clamp(low, max=vc), low)
-        high = torch.where(inside, torch.clamp(high, min=vc), high)
-    return low - _SLACK, high + _SLACK
+        wc = _SLACK * (1 + abs(c) + abs(vc))
+        low = torch.where(inside, torch.clamp(low, max=vc - wc), low)
+        high = torch.where(inside, torch.clamp(high, min=vc + wc), high)
+    return low, high
 
 
 def act_range(name: str, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

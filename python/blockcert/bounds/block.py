@@ -31,6 +31,7 @@ from blockcert.bounds.attention import (
 )
 from blockcert.bounds.mlp import center_norms, local_boxes, mlp_bound_global, split_bound
 from blockcert.bounds.norm import eta, kappa, normalise, radial
+from blockcert.bounds.norm import rounding as norm_rounding
 from blockcert.bounds.weights import F64, PreparedBlock
 
 RADIUS_MARGIN = 1e-6  # relative: box radii are rounded up past the float rounding of the deviations
@@ -44,6 +45,11 @@ class Neighbourhood:
     centers: tuple[torch.Tensor, ...]  # [T, d] each
     radii: tuple[torch.Tensor, ...]  # [T] each
     positions: torch.Tensor  # [T] rotary positions
+    # Per-token weights of the distances (metric.py): the input distance max_s w_in_s‖δ_s‖ (as the
+    # direction bound μ_s = 1/w_in_s) and the output distance max_t w_out_t‖·‖. None: all ones, the
+    # max-token distance on both sides.
+    mu: torch.Tensor | None = None  # [T]
+    w_out: torch.Tensor | None = None  # [T]
 
 
 def segment_cover(x: torch.Tensor, x_hat: torch.Tensor, positions: torch.Tensor, pieces: int) -> Neighbourhood:
@@ -60,6 +66,16 @@ def ball(x: torch.Tensor, radius: float, positions: torch.Tensor) -> Neighbourho
     """The max-token ball of radius ρ around x."""
     x64 = _f64(x)
     return Neighbourhood(x64, (x64,), (torch.full((x.shape[0],), float(radius), dtype=F64),), positions)
+
+
+def weighted_ball(x: torch.Tensor, radius: float, w_in: torch.Tensor, w_out: torch.Tensor,
+                  positions: torch.Tensor) -> Neighbourhood:
+    """The ball {Y : max_t w_in_t‖Y_t − x_t‖ ≤ ρ} (per-token radii ρ/w_in_t, rounded up), with the operator norm
+    taken from the distance weighted by w_in to the one weighted by w_out."""
+    x64 = _f64(x)
+    w_in, w_out = _f64(w_in), _f64(w_out)
+    radii = float(radius) / w_in * (1 + RADIUS_MARGIN)
+    return Neighbourhood(x64, (x64,), (radii,), positions, mu=(1 / w_in) * (1 + RADIUS_MARGIN), w_out=w_out)
 
 
 @dataclass(frozen=True)
@@ -97,14 +113,16 @@ def _attention_part(prep: PreparedBlock, s: Neighbourhood) -> _AttnPart:
     a = torch.zeros(s.x.shape[0], dtype=F64)
     z_radius = torch.zeros_like(a)
     zero = False
+    mu = _mu(s)
     for center, rho in zip(s.centers, s.radii, strict=True):
         rad1 = radial(prep.norm1.kind, center)
         zero |= bool((rho >= rad1).any())
         k1 = kappa(prep.norm1, rad1, rho, d)
-        e1 = eta(k1, rho, d)
+        # The exact n(Y) lies within η of the exact n(center), which lies within `rounding` of the computed one.
+        e1 = eta(k1, rho, d) + norm_rounding(prep.norm1, d)
         c = attention_center(prep, normalise(prep.norm1, center), s.positions)
         geo = AttentionGeometry(prep, c, s.positions)
-        a = torch.maximum(a, attention_bound(geo, k1, e1, torch.ones_like(rho)))
+        a = torch.maximum(a, attention_bound(geo, k1, e1, mu))
         # ‖Attn_t(Y) − Attn_t(center)‖ on the box: through the Jacobian (mean value) or directly; both hold.
         moved = torch.minimum(attention_bound(geo, k1, e1, rho), attention_displacement(geo, e1))
         # Every Z_t(Y) of this box lies within ‖z_t(center) − z_t(x)‖ + ρ_t + moved_t of z_t(x).
@@ -114,8 +132,20 @@ def _attention_part(prep: PreparedBlock, s: Neighbourhood) -> _AttnPart:
     return _AttnPart(a, z0, z_radius, zero)
 
 
+def _mu(s: Neighbourhood) -> torch.Tensor:
+    return torch.ones(s.x.shape[0], dtype=F64) if s.mu is None else s.mu
+
+
+def _w_out(s: Neighbourhood) -> torch.Tensor:
+    return torch.ones(s.x.shape[0], dtype=F64) if s.w_out is None else s.w_out
+
+
 def local_bound(prep: PreparedBlock, sets: list[Neighbourhood]) -> LocalBound:
+    """sup over the sets of the Jacobian's operator norm, from each set's input to its output distance:
+    with ‖δ_s‖ ≤ μ_s, ‖(Jδ)_t‖ ≤ (1 + m_t)(μ_t + a_t(μ)), so L = max_t w_out_t(1 + m_t)(μ_t + a_t(μ))."""
     d = prep.d
+    mu = torch.cat([_mu(s) for s in sets])
+    w_out = torch.cat([_w_out(s) for s in sets])
     parts = [_attention_part(prep, s) for s in sets]
     a = torch.cat([p.a for p in parts])
     z = torch.cat([p.z for p in parts])
@@ -123,7 +153,7 @@ def local_bound(prep: PreparedBlock, sets: list[Neighbourhood]) -> LocalBound:
     rad2 = radial(prep.norm2.kind, z)
     zero = any(p.zero_norm for p in parts) or bool((rho_z >= rad2).any())
     k2 = kappa(prep.norm2, rad2, rho_z, d)
-    box = local_boxes(prep, normalise(prep.norm2, z), eta(k2, rho_z, d))
+    box = local_boxes(prep, normalise(prep.norm2, z), eta(k2, rho_z, d) + norm_rounding(prep.norm2, d))
     # One envelope of the box radii per prompt, each token's scaled by its own κ: κ_t·radius_t ≤ R_p for
     # every token t of prompt p (a per-token split would cost two spectral norms per token).
     sizes = [s.x.shape[0] for s in sets]
@@ -132,11 +162,11 @@ def local_bound(prep: PreparedBlock, sets: list[Neighbourhood]) -> LocalBound:
                         for part, n in zip(scaled.split(sizes), sizes, strict=True)])
 
     def block_const(i: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-        return (1 + k2[i] * center + radius[i]) * (1 + a[i])
+        return w_out[i] * (1 + k2[i] * center + radius[i]) * (mu[i] + a[i])
 
     centers, refined = center_norms(prep, box.mid, block_const)
     m = k2 * centers + radius
-    per = (1 + m) * (1 + a)
+    per = w_out * (1 + m) * (mu + a)
     # The envelope is loose for any single token: give the token that sets the maximum its own split
     # bound, until the maximum is held by a token that already has it (each value stays an upper bound).
     own = torch.zeros(a.shape[0], dtype=torch.bool)
@@ -144,7 +174,7 @@ def local_bound(prep: PreparedBlock, sets: list[Neighbourhood]) -> LocalBound:
         i = int(per.argmax())
         own[i] = True
         m[i] = k2[i] * centers[i] + min(float(radius[i]), split_bound(prep, k2[i] * box.half[i]))
-        per[i] = (1 + m[i]) * (1 + a[i])
+        per[i] = w_out[i] * (1 + m[i]) * (mu[i] + a[i])
     return LocalBound(
         lipschitz=float(per.max()) * (1 + 1e-9), k_attn=float(a.max()), k_mlp=float(m.max()),
         per_token=tuple(t * (1 + 1e-9) for t in per.split(sizes)), zero_norm=zero,

@@ -26,7 +26,7 @@ from fractions import Fraction
 
 import torch
 
-from blockcert.bounds.activations import act_prime_range, act_range
+from blockcert.bounds.activations import act_prime_range, act_range, outward
 from blockcert.bounds.norm import kappa_global
 from blockcert.bounds.spectral import gamma, scaled_spectral_upper, spectral_upper_many
 from blockcert.bounds.weights import F64, PreparedBlock
@@ -53,7 +53,7 @@ class CoefBox:
 
 
 def _row_norms(w: torch.Tensor) -> torch.Tensor:
-    return w.norm(dim=1) * (1 + 1e-12)  # float64 row norms, nudged up past their rounding
+    return w.norm(dim=1) * (1 + float(gamma(w.shape[1] + 4)))  # float64 row norms, rounded up past their rounding
 
 
 def _mul_range(alo, ahi, blo, bhi):
@@ -65,25 +65,35 @@ def coef_box(prep: PreparedBlock, g_c: torch.Tensor, g_rad: torch.Tensor,
              u_c: torch.Tensor, u_rad: torch.Tensor) -> CoefBox:
     """Boxes of α (and β) from the pre-activation intervals g_c ± g_rad, u_c ± u_rad ([N, m])."""
     name = prep.activation
+    u_lo, u_hi = outward(u_c, u_rad)  # fl(c ± r) may round inward: step one float outward
     if prep.mlp_kind == "plain":  # coefficient φ'(u) of W_u
-        lo, hi = act_prime_range(name, u_c - u_rad, u_c + u_rad)
+        lo, hi = act_prime_range(name, u_lo, u_hi)
         return CoefBox(lo, hi)
-    dlo, dhi = act_prime_range(name, g_c - g_rad, g_c + g_rad)
-    alo, ahi = _mul_range(dlo, dhi, u_c - u_rad, u_c + u_rad)
-    blo, bhi = act_range(name, g_c - g_rad, g_c + g_rad)
+    g_lo, g_hi = outward(g_c, g_rad)
+    dlo, dhi = act_prime_range(name, g_lo, g_hi)
+    alo, ahi = _mul_range(dlo, dhi, u_lo, u_hi)
+    blo, bhi = act_range(name, g_lo, g_hi)
     # Product intervals are computed in float64: widen by a relative 1e-12 for their rounding.
     w = 1e-12 * torch.maximum(alo.abs(), ahi.abs())
     return CoefBox(torch.cat([alo - w, blo], -1), torch.cat([ahi + w, bhi], -1))
 
 
+def _pre_activation(n2: torch.Tensor, eta2: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
+    """Center and radius of W n + b over ‖n − n2‖ ≤ η: the move η‖W[j,:]‖ plus the float64 rounding of the
+    center itself, γ_{d+1}(|n2|·|W|ᵀ + |b|) (Higham Thm 3.1), so the exact pre-activation of every n in the
+    ball lies in c ± rad although c = fl(n2·Wᵀ + b) is not exact."""
+    c = n2 @ w.T + b
+    err = float(gamma(w.shape[1] + 1)) * (1 + 1e-12) * (n2.abs() @ w.abs().T + b.abs())
+    rad = (eta2[:, None] * _row_norms(w)[None, :] + err) * (1 + float(gamma(w.shape[1] + 10)))
+    return c, rad
+
+
 def local_boxes(prep: PreparedBlock, n2: torch.Tensor, eta2: torch.Tensor) -> CoefBox:
-    """Coefficient boxes for tokens whose normalised input n2 [N, d] moves by at most eta2 [N]."""
-    u_c = n2 @ prep.wu.T + prep.bu
-    u_rad = eta2[:, None] * _row_norms(prep.wu)[None, :]
+    """Coefficient boxes for tokens whose normalised input lies within eta2 [N] of n2 [N, d]."""
+    u_c, u_rad = _pre_activation(n2, eta2, prep.wu, prep.bu)
     if prep.mlp_kind == "plain":
         return coef_box(prep, u_c, u_rad, u_c, u_rad)
-    g_c = n2 @ prep.wg.T + prep.bg
-    g_rad = eta2[:, None] * _row_norms(prep.wg)[None, :]
+    g_c, g_rad = _pre_activation(n2, eta2, prep.wg, prep.bg)
     return coef_box(prep, g_c, g_rad, u_c, u_rad)
 
 

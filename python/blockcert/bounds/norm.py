@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from blockcert.bounds.spectral import gamma
 from blockcert.bounds.weights import NormParams
 
 
@@ -50,3 +51,12 @@ def eta(kap: torch.Tensor, rho: torch.Tensor, d: int) -> torch.Tensor:
 def kappa_global(p: NormParams) -> float:
     """sup over all inputs of ‖J_n‖₂ = 1/√eps (r ≥ √eps everywhere)."""
     return 1.0 / math.sqrt(p.eps)
+
+
+def rounding(p: NormParams, d: int) -> float:
+    """A bound on ‖fl(n(x)) − n(x)‖ for the float64 `normalise` above: each element is within
+    (γ_{d+6} + 1e-12)|n_j| of the exact one (a d-term sum of squares, a division, an add, a sqrt assumed
+    accurate to 1e-12 relative, a division; LayerNorm's centring adds one more d-term sum), and ‖n‖ < √d.
+    Added to η, it makes the ball around the computed center contain the exact normalised inputs."""
+    from_sum = float(gamma(2 * d + 8))
+    return (from_sum + 1e-12) * (1 + 1e-12) * math.sqrt(d) * (1 + 1e-12)

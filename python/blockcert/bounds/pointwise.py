@@ -29,16 +29,16 @@ from dataclasses import dataclass
 
 import torch
 
-from blockcert.bounds.activations import act_range
+from blockcert.bounds.activations import act_range, outward
 from blockcert.bounds.spectral import gamma
-from blockcert.core.interpreter import causal_mask, rotate_half
+from blockcert.core.interpreter import attention_mask, rotate_half
 from blockcert.core.ir import BlockIR, NormSpec
 from blockcert.core.ops import walk
 
 F64 = torch.float64
 _U = 2.0**-53
 _FN = 1e-12  # relative error allowed to a float64 exp / sqrt / activation (libm: a few ulp)
-_NUDGE = 1 + 1e-12  # each radius computation rounds too (nonnegative sums: relative γ_n ≪ 1e-12)
+_NUDGE = 1 + 1e-12  # for results of a bounded number (≤ 8) of float64 operations: relative error ≤ 8u ≪ 1e-12
 _TINY = 1e-300  # absolute floor: covers underflow in products of small radii
 
 
@@ -55,8 +55,15 @@ class Enclosure:
         return Enclosure(m, torch.zeros_like(m))
 
 
-def _up(r: torch.Tensor) -> torch.Tensor:
-    return r * _NUDGE + _TINY
+def _up(r: torch.Tensor, n: int = 8) -> torch.Tensor:
+    """Round a computed radius up past its own rounding.
+
+    A radius is a sum of at most n + 8 nonnegative float64 terms (products of nonnegative factors), so its
+    computed value is ≥ (exact)·(1 − γ_{n+8}) in any summation order (Higham Thm 3.1 with all terms ≥ 0);
+    multiplying by 1 + γ_{n+10} (itself rounded, and stored rounded up) restores an upper bound. A fixed
+    factor such as 1 + 1e-12 would cover this only while n·u ≤ 1e-12, i.e. n ≤ 9007: not d_ff = 11008.
+    """
+    return r * (1 + _g(n + 10)) + _TINY
 
 
 def _g(n: int) -> float:
@@ -78,7 +85,7 @@ def linear(x: Enclosure, w: torch.Tensor, b: torch.Tensor | None) -> Enclosure:
         b = b.to(F64)
         mid = mid + b
         size = size + b.abs()
-    return Enclosure(mid, _up(x.rad @ aw.T + _g(w.shape[1] + 1) * size))
+    return Enclosure(mid, _up(x.rad @ aw.T + _g(w.shape[1] + 1) * size, w.shape[1] + 1))
 
 
 def scale(x: Enclosure, w: torch.Tensor) -> Enclosure:
@@ -98,8 +105,9 @@ def matmul(a: Enclosure, b: Enclosure) -> Enclosure:
     """a @ b over the last two axes, with the inner length's γ and both radii."""
     mid = a.mid @ b.mid
     am, bm = a.mid.abs(), b.mid.abs()
-    rad = am @ b.rad + a.rad @ bm + a.rad @ b.rad + _g(a.mid.shape[-1]) * (am @ bm)
-    return Enclosure(mid, _up(rad))
+    n = a.mid.shape[-1]
+    rad = am @ b.rad + a.rad @ bm + a.rad @ b.rad + _g(n) * (am @ bm)
+    return Enclosure(mid, _up(rad, 4 * n))
 
 
 def normalise(spec: NormSpec, x: Enclosure) -> Enclosure:
@@ -117,14 +125,15 @@ def normalise(spec: NormSpec, x: Enclosure) -> Enclosure:
         # P = I − 11ᵀ/d moves each element by the mean too; the centring's rounding is at most
         # γ_{d+2}(|mid_j| + mean|mid|) per element, folded into the radius.
         err = _g(d + 2) * (mid.abs() + mid.abs().mean(-1, keepdim=True))
-        rad = (rad + rad.mean(-1, keepdim=True) + err) * _NUDGE
+        rad = _up(rad + rad.mean(-1, keepdim=True) + err, d)
         mid = mid - mid.mean(-1, keepdim=True)
-    rho = torch.sqrt((rad * rad).sum(-1)) * _NUDGE
+    sum_up = 1 + _g(d + 10)  # a d-term sum of nonnegative terms, as in _up
+    rho = torch.sqrt((rad * rad).sum(-1) * sum_up) * _NUDGE
     norm = torch.sqrt((mid * mid).sum(-1))
     floor = torch.clamp(norm * (1 - _g(d + 2)) - rho, min=0.0)
     r_min = (torch.sqrt(floor * floor / d + spec.eps) * (1 - 1e-12))[..., None]
     top = mid.abs() + rad
-    cross = (top * rad).sum(-1, keepdim=True) * _NUDGE / (d * r_min * r_min)
+    cross = (top * rad).sum(-1, keepdim=True) * sum_up / (d * r_min * r_min) * _NUDGE
     moved = (rad + top * cross) / r_min
     r = torch.sqrt((mid * mid).sum(-1, keepdim=True) / d + spec.eps)
     n = mid / r
@@ -203,8 +212,8 @@ def attention(ir: BlockIR, h: Enclosure, mask: torch.Tensor, positions: torch.Te
 
 
 def activation(name: str, x: Enclosure) -> Enclosure:
-    lo, hi = act_range(name, x.mid - x.rad, x.mid + x.rad)  # exact range over the interval, widened
-    return Enclosure(0.5 * (lo + hi), _up(0.5 * (hi - lo)))
+    lo, hi = act_range(name, *outward(x.mid, x.rad))  # exact range over the interval, widened
+    return Enclosure(0.5 * (lo + hi), _up(0.5 * (hi - lo) + _U * (lo.abs() + hi.abs())))
 
 
 def mlp(ir: BlockIR, h: Enclosure) -> Enclosure:
@@ -227,7 +236,7 @@ ENCLOSURES = {
 
 def run_block_enclosed(ir: BlockIR, x: Enclosure, valid: torch.Tensor, positions: torch.Tensor) -> Enclosure:
     """The block on every input in x ([P, T, d]), enclosed: the interpreter's op sequence, in mid ± rad."""
-    mask = causal_mask(valid)
+    mask = attention_mask(ir.spec.attention, valid)
 
     def bind(rule):
         return lambda op, h: rule(ir, op, h, mask, positions)
@@ -235,13 +244,20 @@ def run_block_enclosed(ir: BlockIR, x: Enclosure, valid: torch.Tensor, positions
     return walk(ir.spec, {name: bind(rule) for name, rule in ENCLOSURES.items()}, add, x)
 
 
-def distance_upper(a: Enclosure, b: Enclosure, valid: torch.Tensor) -> torch.Tensor:
-    """Per prompt, ≥ max_t ‖a_t − b_t‖₂ over the exact values ([P]; padding ignored)."""
+def token_distance_upper(a: Enclosure, b: Enclosure, valid: torch.Tensor) -> torch.Tensor:
+    """Per prompt and token, ≥ ‖a_t − b_t‖₂ over the exact values ([P, T]; 0 at padding).
+
+    ‖a − b‖ ≤ ‖mid_a − mid_b‖ + ‖rad_a + rad_b‖: the subtraction, the d-term sums of squares and the square
+    roots round by at most γ_{d+2} relative each, which the factors 1 + γ_{d+2} (and _up) cover."""
     d = a.mid.shape[-1]
     centre = (a.mid - b.mid).norm(dim=-1) * (1 + _g(d + 2))
     spread = (a.rad + b.rad).norm(dim=-1) * (1 + _g(d + 2))
-    per = torch.where(valid, _up(centre + spread), torch.zeros((), dtype=F64))
-    return per.amax(-1)
+    return torch.where(valid, _up(centre + spread), torch.zeros((), dtype=F64))
+
+
+def distance_upper(a: Enclosure, b: Enclosure, valid: torch.Tensor) -> torch.Tensor:
+    """Per prompt, ≥ max_t ‖a_t − b_t‖₂ over the exact values ([P]; padding ignored)."""
+    return token_distance_upper(a, b, valid).amax(-1)
 
 
 def distance_lower(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

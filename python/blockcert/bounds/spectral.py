@@ -97,15 +97,21 @@ def product_upper(x: torch.Tensor, y: torch.Tensor, roundings: int = 0) -> float
     return float_up(Fraction(spectral_upper(prod)) + err)
 
 
-def psd_factor(q: torch.Tensor) -> torch.Tensor:
-    """L with L·Lᵀ ⪰ q (q symmetric PSD, [n, n]): Cholesky of q + τI, τ covering Cholesky's own rounding.
+def psd_factor(w: torch.Tensor) -> torch.Tensor:
+    """L with L·Lᵀ ⪰ W Wᵀ (w: [n, d] float64, exact), by Cholesky of fl(W Wᵀ) + τI.
 
-    The computed factor satisfies L̂L̂ᵀ = q + τI + E with ‖E‖₂ ≤ γ_{n+1}‖L̂‖_F² (Higham, Thm 10.3) and
-    ‖L̂‖_F² = tr(q) + nτ up to rounding, so τ = 4γ_{n+1}·(tr q + 1e-300) makes E ⪰ −τI.
+    Two roundings separate L̂L̂ᵀ from W Wᵀ. Forming the Gram matrix: |fl(WWᵀ) − WWᵀ| ≤ γ_d |W||W|ᵀ
+    elementwise (inner dimension d, not n), so in spectral norm ≤ γ_d‖ |W| ‖_F² = γ_d‖W‖_F². Cholesky of
+    A = fl(WWᵀ) + τI: L̂L̂ᵀ = A + E with ‖E‖₂ ≤ γ_{n+1}‖L̂‖_F² (Higham Thm 10.3) and ‖L̂‖_F² = tr(A)(1 + O(γ)).
+    With F = ‖W‖_F² and tr(A) ≤ (1 + γ_d)F + nτ, τ = 2γ_d·F + 4γ_{n+1}·(2F + 1e-300) (for nγ_{n+1} ≤ 1/8)
+    makes τI + E − (fl(WWᵀ) − WWᵀ) ⪰ 0, i.e. L̂L̂ᵀ ⪰ WWᵀ.
     """
-    n = q.shape[0]
-    tau = 4 * float(gamma(n + 1)) * (float(torch.trace(q)) + 1e-300)
-    return torch.linalg.cholesky(q + tau * torch.eye(n, dtype=torch.float64))
+    n, d = w.shape
+    f = float(frobenius_sq_upper(w))
+    if n * float(gamma(n + 1)) > 0.125:
+        raise ValueError(f"psd_factor: n = {n} too large for the rounding allowance")
+    tau = 2 * float(gamma(d)) * f + 4 * float(gamma(n + 1)) * (2 * f + 1e-300)
+    return torch.linalg.cholesky(w @ w.T + tau * torch.eye(n, dtype=torch.float64))
 
 
 def power_lower(a: torch.Tensor, iters: int = 50, seed: int = 0) -> float:

@@ -155,7 +155,7 @@ def prepare_block(ir: BlockIR) -> PreparedBlock:
         wg=wg, bg=bg, wu=wu, bu=bu, wd=wd, bd=_opt(ts, "mlp.down.bias", (d,)),
         n_d=spectral_upper(wd),
         wq_gram=wq @ wq.transpose(1, 2),
-        wq_factor=torch.stack([psd_factor(wq[h] @ wq[h].T) for h in heads]),
+        wq_factor=torch.stack([psd_factor(wq[h]) for h in heads]),
         wk_gram=wk @ wk.transpose(1, 2),
         o_gram=torch.stack([w.T @ w for w in wo_h]),
     )

@@ -14,16 +14,23 @@ from blockcert.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, stdout
 from blockcert.cli.app import quiet_hf as _quiet_hf
 from blockcert.core.metrics import Policy, Thresholds
 from blockcert.errors import BlockCertError
+from blockcert.maxk.store import RECORD as TRAIN_RECORD
+from blockcert.maxk.verify import verify_maxk
+from blockcert.present.demo import demo_lines
 from blockcert.present.tables import block_table
 from blockcert.records.certificate import BlockCertificate
+from blockcert.records.edit import EDIT_CERTIFICATE
 from blockcert.records.registry import export_schemas
 from blockcert.records.summary import RunSummary
 from blockcert.store import layout
 from blockcert.store.records_io import load_model_file
+from blockcert.store.run_reader import block_certificate, load_run_summary
+from blockcert.verifier.edit import verify_edit
 from blockcert.verifier.run import verify_run
-from blockcert.workflows.extract import ExtractOptions, run_extract
-
-DEMO_BLOCKS = "0,5,10,15,20,25,29"
+from blockcert.workflows.compress import extract_ranked
+from blockcert.workflows.demo import run_demo
+from blockcert.workflows.executor import executor_for
+from blockcert.workflows.extract import ExtractOptions
 
 
 @app.command()
@@ -39,7 +46,12 @@ def extract(
     alpha_act: Annotated[float, typer.Option(help="policy: certified needs cov_act ≥ α_act")] = 0.94,
     alpha_loss: Annotated[float, typer.Option(help="policy: certified needs cov_loss ≥ α_loss")] = 0.9,
     batch_size: Annotated[int, typer.Option(help="prompts per native forward pass")] = 8,
-    surrogate: Annotated[str, typer.Option(help="exact (weights copied) or bf16 / fp16 (weights rounded)")] = "exact",
+    surrogate: Annotated[str, typer.Option(help="exact, bf16, fp16, lowrank:R, lowrank:R,mlp, prune-heads:K, "
+                                           "prune-neurons:F, int8 (A+B: A then B)")] = "exact",
+    streaming: Annotated[bool, typer.Option("--streaming", help="read decoder layers from their safetensors "
+                                            "shards one at a time (models larger than memory)")] = False,
+    executor: Annotated[str, typer.Option(help="where per-block certification runs: local or ray")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="a Ray cluster's address (default: a local one)")] = None,
 ) -> None:
     """Trace the model, extract a surrogate per block, measure it and write certificates."""
     from pydantic import ValidationError
@@ -53,11 +65,11 @@ def extract(
         raise BlockCertError(f"bad threshold or policy: {e.errors()[0]['loc'][0]} {e.errors()[0]['msg']}") from None
     if batch_size < 1:
         raise BlockCertError("--batch-size must be at least 1")
-    if surrogate not in ("exact", "bf16", "fp16"):
-        raise BlockCertError(f"--surrogate {surrogate!r} is not supported; use exact, bf16 or fp16")
-    opts = ExtractOptions(model, prompts, blocks, out, dtype, device, thresholds, policy, batch_size, surrogate)
-    summary = run_extract(opts)
-    stdout.print(block_table(summary))
+    executor_for(executor, ray_address)  # a bad executor fails before the model loads
+    opts = ExtractOptions(model, prompts, blocks, out, dtype, device, thresholds, policy, batch_size, surrogate,
+                          streaming, executor, ray_address)
+    summary = extract_ranked(opts)
+    stdout.print(block_table(summary, {e.index: block_certificate(out, summary, e.index) for e in summary.blocks}))
     stdout.print(f"wrote {out / layout.SUMMARY}")
     _fail_on_nonfinite(out)
 
@@ -82,51 +94,73 @@ def verify(
     run_dir: Annotated[Path, typer.Argument(help="run directory written by extract")],
     model: Annotated[str | None, typer.Option(help="also re-run this model to re-derive traces and losses")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON report on stdout")] = False,
+    deep: Annotated[bool, typer.Option("--deep", help="also re-derive bound.json's pointwise and local constants")]
+    = False,
 ) -> None:
-    """Re-derive every hash and metric of a run from its files; exit 0 only if all hold."""
+    """Re-derive every hash and metric of a run from its files; exit 0 only if all hold.
 
+    Also verifies an edit directory (`blockcert edit`) and a Max-of-K study directory (`blockcert maxk`)."""
     _quiet_hf()
-    report = verify_run(run_dir, model)
+    other = _other_kind(run_dir)
+    if other is not None:
+        name, problems = other
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        stdout.print(f"{'OK' if not problems else 'FAILED'}: {name} checked")
+        raise typer.Exit(1 if problems else 0)
+    report = verify_run(run_dir, model, deep=deep)
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:
         for line in report.lines():
             print(f"FAIL {line}", file=sys.stderr)
+        for line in report.rederived:
+            stdout.print(f"re-derived: {line}")
+        for line in report.from_files:
+            stdout.print(f"taken from the files: {line}")
         n = len(report.blocks)
         status = "OK" if report.ok else "FAILED"
         stdout.print(f"{status}: {n} block certificate(s) checked; loss coverage from {report.loss_coverage_source}")
     raise typer.Exit(0 if report.ok else 1)
 
 
+def _other_kind(path: Path) -> tuple[str, list[str]] | None:
+    """Directories that are not extraction runs but carry certificates of their own kind."""
+    if (path / EDIT_CERTIFICATE).is_file():
+        return "edit certificate", verify_edit(path)
+    if (path / TRAIN_RECORD).is_file():
+        return "Max-of-K study", verify_maxk(path)
+    return None
+
+
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
-    """Print a table of the run's blocks and their metrics."""
+    """Print a table of the run's blocks and their metrics (from the sealed manifest, checked first)."""
 
-    stdout.print(block_table(load_model_file(run_dir / layout.SUMMARY, RunSummary, "run summary")))
+    summary = load_run_summary(run_dir)
+    # a forged entry must not be printed as if certified
+    certs = {e.index: block_certificate(run_dir, summary, e.index) for e in summary.blocks}
+    stdout.print(block_table(summary, certs))
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="run directory to write")] = Path("runs/demo"),
     dtype: DtypeOpt = "float32",
+    bound: Annotated[bool, typer.Option("--bound/--no-bound", help="also bound every layer (≈ 10 min)")] = False,
 ) -> None:
-    """Extract and certify blocks 0,5,10,15,20,25,29 of smollm2-135m on the default prompts, then verify."""
+    """Blocks 0,5,10,15,20,25,29 of smollm2-135m: extract, compress (auto, cov_act ≥ 0.99), stitch, bound,
+    Lean module, verify; one summary."""
 
     _quiet_hf()
     t0 = time.perf_counter()
-    summary = run_extract(ExtractOptions("smollm2-135m", "default", DEMO_BLOCKS, out, dtype))
-    t1 = time.perf_counter()
-    report = verify_run(out)
-    t2 = time.perf_counter()
-    stdout.print(block_table(summary))
-    for line in report.lines():
+    r = run_demo(out, dtype, bound=bound)
+    stdout.print(block_table(r.summary, r.certificates))
+    for line in demo_lines(r, out, time.perf_counter() - t0):
+        stdout.print(line)
+    for line in r.problems:
         print(f"FAIL {line}", file=sys.stderr)
-    n_cert = sum(b.certified for b in summary.blocks)
-    stdout.print(
-        f"{n_cert}/{len(summary.blocks)} blocks certified; verifier: {'OK' if report.ok else 'FAILED'}; "
-        f"extract {t1 - t0:.1f} s, verify {t2 - t1:.1f} s; run directory {out}"
-    )
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(0 if r.verified else 1)
 
 
 @app.command()

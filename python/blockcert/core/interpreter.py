@@ -28,8 +28,29 @@ class Decisions:
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:
     """[P, T] key validity -> [P, T, T] booleans: query t sees valid keys at positions <= t."""
+    return pattern_mask("causal", valid)
+
+
+def attention_mask(spec: AttentionSpec, valid: torch.Tensor) -> torch.Tensor:
+    """The [P, T, T] mask an attention spec declares: its pattern, narrowed by its sliding window if any."""
+    mask = pattern_mask(spec.pattern, valid)
+    if spec.window is not None:
+        t = valid.shape[-1]
+        pos = torch.arange(t, device=valid.device)
+        mask = mask & ((pos[:, None] - pos[None, :]) < spec.window)[None]  # keys j > t - window
+    return mask
+
+
+def pattern_mask(pattern: str, valid: torch.Tensor) -> torch.Tensor:
+    """The [P, T, T] mask of a declared pattern (ir.PATTERNS): causal (keys <= t) or inverted (keys >= t)."""
     t = valid.shape[-1]
-    tri = torch.ones(t, t, dtype=torch.bool, device=valid.device).tril()
+    ones = torch.ones(t, t, dtype=torch.bool, device=valid.device)
+    if pattern == "causal":
+        tri = ones.tril()
+    elif pattern == "inverted":
+        tri = ones.triu()
+    else:
+        raise BlockCertError(f"IR mask pattern {pattern!r} is not known to this BlockCert (causal, inverted)")
     return tri[None] & valid[:, None, :]
 
 
@@ -39,11 +60,32 @@ def _norm(spec: NormSpec, ts: dict, name: str, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), w, ts.get(f"{name}.bias"), spec.eps)
     h = x.to(torch.float32) if spec.compute_dtype == "float32" else x
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + spec.eps)
+    if spec.unit_offset:  # Gemma: (x * (1 + w)) in the compute dtype, then the cast (Llama casts first)
+        return (h * (1.0 + w.to(h.dtype))).to(x.dtype)
     return w * h.to(x.dtype)
 
 
+def dequantise(q8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """int8 weights [out, in] and per-output-channel scales [out] -> the dense weight in `dtype`.
+
+    Every int8 value is exact in float32/float64, so the only rounding is the one product per entry,
+    done in the dtype the block runs in; densify() calls this same function, so both agree bit for bit.
+    """
+    return q8.to(dtype) * scale.to(dtype)[:, None]
+
+
 def _linear(ts: dict, name: str, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, ts[f"{name}.weight"], ts.get(f"{name}.bias"))
+    """Apply linear map `name` in the form the IR stores it (ir.py): dense, two factors, or int8."""
+    bias = ts.get(f"{name}.bias")
+    w = ts.get(f"{name}.weight")
+    if w is not None:
+        return F.linear(x, w, bias)
+    if f"{name}.u" in ts:
+        # Two products, never the dense product of the factors: R·(in+out) multiply-adds per token.
+        return F.linear(F.linear(x, ts[f"{name}.v"]), ts[f"{name}.u"], bias)
+    if f"{name}.q8" in ts:
+        return F.linear(x, dequantise(ts[f"{name}.q8"], ts[f"{name}.scale"], x.dtype), bias)
+    raise BlockCertError(f"IR stores no tensors for linear map {name!r} (.weight, .u/.v or .q8/.scale)")
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +127,8 @@ def _attention(
     q = _heads(_linear(ts, "attn.q", h), n, hd)
     k = _heads(_linear(ts, "attn.k", h), n_kv, hd)
     v = _heads(_linear(ts, "attn.v", h), n_kv, hd)
+    if spec.qk_norm is not None:  # per head, over the head dimension, before RoPE
+        q, k = _norm(spec.qk_norm, ts, "attn.q_norm", q), _norm(spec.qk_norm, ts, "attn.k_norm", k)
     if spec.rope:
         table = ts["rope.cos"]
         if int(positions.max()) >= table.shape[0]:
@@ -94,7 +138,11 @@ def _attention(
         cos, sin = table[positions][:, None], ts["rope.sin"][positions][:, None]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-    k, v = _repeat_kv(k, n // n_kv), _repeat_kv(v, n // n_kv)
+    if spec.heads is not None:  # pruned: the IR says which stored KV head each kept query head reads
+        index = torch.tensor(spec.heads.kv_of_head, device=k.device)
+        k, v = k.index_select(1, index), v.index_select(1, index)
+    else:
+        k, v = _repeat_kv(k, n // n_kv), _repeat_kv(v, n // n_kv)
     scores = torch.matmul(q, k.transpose(2, 3)) * spec.scaling
     blocked = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
     scores = scores + blocked.masked_fill(~mask, torch.finfo(scores.dtype).min)[:, None]
@@ -106,11 +154,13 @@ def _attention(
     return _linear(ts, "attn.o", out), probs
 
 
-def _mlp(spec: MlpSpec, ts: dict, h: torch.Tensor) -> torch.Tensor:
+def _mlp(spec: MlpSpec, ts: dict, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MLP output, its intermediate activations [P, T, I]: what neuron pruning ranks on)."""
     if spec.kind == "gated":
-        gate = activation(spec.activation, _linear(ts, "mlp.gate", h))
-        return _linear(ts, "mlp.down", gate * _linear(ts, "mlp.up", h))
-    return _linear(ts, "mlp.down", activation(spec.activation, _linear(ts, "mlp.up", h)))
+        mid = activation(spec.activation, _linear(ts, "mlp.gate", h)) * _linear(ts, "mlp.up", h)
+    else:
+        mid = activation(spec.activation, _linear(ts, "mlp.up", h))
+    return _linear(ts, "mlp.down", mid), mid
 
 
 @dataclass
@@ -118,6 +168,8 @@ class _Context:
     mask: torch.Tensor
     positions: torch.Tensor
     argmax: torch.Tensor | None = None
+    keep_mid: bool = False
+    mid: torch.Tensor | None = None  # the MLP's intermediate activations, when asked for
 
 
 @register("norm", "RMSNorm or LayerNorm of the branch, with the compute dtype the IR declares")
@@ -134,7 +186,10 @@ def _attention_op(spec: BlockSpec, op: Op, ts: dict, h: torch.Tensor, ctx: _Cont
 
 @register("mlp", "gated or plain MLP")
 def _mlp_op(spec: BlockSpec, op: Op, ts: dict, h: torch.Tensor, ctx: _Context) -> torch.Tensor:
-    return _mlp(spec.mlp, ts, h)
+    out, mid = _mlp(spec.mlp, ts, h)
+    if ctx.keep_mid:
+        ctx.mid = mid
+    return out
 
 
 register(RESIDUAL, "close the residual branch: residual + h")(None)
@@ -144,14 +199,27 @@ def _bind(forward, spec: BlockSpec, ts: dict, ctx: _Context):
     return lambda op, h: forward(spec, op, ts, h, ctx)
 
 
+def _run(ir: BlockIR, x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, keep_mid: bool):
+    spec, ts = ir.spec, ir.tensors
+    mask = attention_mask(spec.attention, valid.to(x.device))
+    ctx = _Context(mask=mask, positions=positions.to(x.device), keep_mid=keep_mid)
+    step = {name: _bind(d.forward, spec, ts, ctx) for name, d in OPS.items() if d.forward is not None}
+    return walk(spec, step, torch.add, x), ctx
+
+
 def run_block_with_decisions(
     ir: BlockIR, x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor
 ) -> tuple[torch.Tensor, Decisions]:
-    spec, ts = ir.spec, ir.tensors
-    ctx = _Context(mask=causal_mask(valid.to(x.device)), positions=positions.to(x.device))
-    step = {name: _bind(d.forward, spec, ts, ctx) for name, d in OPS.items() if d.forward is not None}
-    out = walk(spec, step, torch.add, x)
+    out, ctx = _run(ir, x, valid, positions, keep_mid=False)
     return out, Decisions(mask=ctx.mask, argmax=ctx.argmax)
+
+
+def mlp_activations(ir: BlockIR, x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The MLP's intermediate activations [P, T, I] when the block runs on `x` (for neuron ranking)."""
+    _, ctx = _run(ir, x, valid, positions, keep_mid=True)
+    if ctx.mid is None:
+        raise BlockCertError("the IR runs no mlp op: there are no neurons to rank")
+    return ctx.mid
 
 
 def run_block(ir: BlockIR, x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

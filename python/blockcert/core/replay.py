@@ -22,9 +22,20 @@ class Replay:
     path_ok: torch.Tensor  # [P, T] bool
 
 
+def native_argmax_of_kept(ir: BlockIR, native_argmax: torch.Tensor) -> torch.Tensor:
+    """The native decisions of the heads the surrogate keeps: a pruned surrogate is compared on those.
+
+    Path coverage asks whether the surrogate's discrete choices match the native ones; a removed head
+    makes no choice, and its absence is already measured by the activation error.
+    """
+    heads = ir.spec.attention.heads
+    return native_argmax if heads is None else native_argmax[:, list(heads.kept)]
+
+
 @torch.no_grad()
 def replay(ir: BlockIR, trace: BlockTrace, device: torch.device | str = "cpu") -> Replay:
     parts = []
+    native_am = trace.native_argmax
     for lo in range(0, trace.x_in.shape[0], CHUNK):
         s = slice(lo, lo + CHUNK)
         x_hat, dec = run_block_with_decisions(
@@ -35,7 +46,7 @@ def replay(ir: BlockIR, trace: BlockTrace, device: torch.device | str = "cpu") -
                 x_hat.cpu(),
                 token_errors(x_hat, trace.x_out[s].to(device)),
                 row_norms(trace.x_out[s]),
-                path_matches(dec.mask, dec.argmax, trace.native_mask[s], trace.native_argmax[s]),
+                path_matches(dec.mask, dec.argmax, trace.native_mask[s], native_argmax_of_kept(ir, native_am[s])),
             )
         )
     return Replay(*(torch.cat(cols) for cols in zip(*parts, strict=True)))

@@ -4,7 +4,9 @@
 template of GENERATED.md, and writes the module to `<lean_root>/BlockCert/Runs/<Name>.lean` (picked up
 by the library glob in lakefile.lean, nothing to register), a copy beside the run, and the run's
 `formal_run.json`. The module proves `check run = true` by kernel evaluation and, when every block
-carries a Lipschitz constant and a bound is claimed, states the instantiated global bound.
+carries a Lipschitz constant and a bound is claimed, states the instantiated global bound; when the run
+carries a per-prompt part it also proves `checkPrompts run perPrompt = true` and states `per_prompt_bound`
+(every prompt's own ε_i, L_i composed, against the claimed max over prompts).
 """
 
 from __future__ import annotations
@@ -13,17 +15,25 @@ import re
 from fractions import Fraction
 
 from blockcert.core.exact import int_text
-from blockcert.formal.mirror import FormalBlock, FormalRun, has_bound_theorem
+from blockcert.formal.mirror import FormalBlock, FormalPrompt, FormalRun, PerPrompt, has_bound_theorem
 
 RESERVED = frozenset({"Example"})  # hand-written modules already in BlockCert/Runs
 
 
-def module_name(run_name: str) -> str:
-    """`smollm2-135m/run1` → `Smollm2_135m_run1`: ASCII `[A-Z][A-Za-z0-9_]*`, never a taken name."""
-    name = "_".join(re.findall(r"[A-Za-z0-9]+", run_name)) or "Run"
+MAX_NAME_CHARS = 80  # of the readable part; the run id follows
+
+
+def module_name(run_name: str, run_id: str = "") -> str:
+    """`smollm2-135m/run1` + run id `3fa2…` → `Smollm2_135m_run1_3fa29c1e`: ASCII `[A-Z][A-Za-z0-9_]*`.
+
+    The run id (the manifest's `run_id()`: model, prompts, policy and every block certificate) makes the name
+    unique per run: two runs that share a directory name no longer map to one module file."""
+    name = "_".join(re.findall(r"[A-Za-z0-9]+", run_name))[:MAX_NAME_CHARS] or "Run"
     if not name[0].isalpha():
         name = "Run_" + name  # a leading digit is no identifier
     name = name[0].upper() + name[1:]
+    if run_id:
+        name += "_" + "".join(ch for ch in run_id if ch in "0123456789abcdef")[:8]
     return name + "_run" if name in RESERVED else name
 
 
@@ -70,6 +80,41 @@ def _bound_part(c: Fraction) -> list[str]:
     ]
 
 
+def _prompt_lines(p: FormalPrompt) -> list[str]:
+    vals = [f"⟨{lean_q(q.epsilon)}, {lean_q(q.lipschitz)}⟩" for q in p.blocks]
+    blocks = ("        blocks := [" + ", ".join(vals) + "],") if vals else "        blocks := [],"
+    return ["      {", blocks, f"        measuredDeviation := {lean_opt_q(p.measured_deviation)} }}"]
+
+
+def _per_prompt_part(pp: PerPrompt) -> list[str]:
+    """GENERATED.md's <<PER-PROMPT PART>>: the data, its kernel check and the bound theorem for every prompt."""
+    cq = lean_q(pp.claimed_bound)
+    if pp.prompts:
+        entries = [_prompt_lines(p) for p in pp.prompts]
+        for entry in entries[:-1]:
+            entry[-1] += ","
+        prompts = ["    prompts := ["] + [line for e in entries for line in e] + ["    ] }"]
+    else:
+        prompts = ["    prompts := [] }"]
+    return [  # follows an empty line (the end of the bound part, or the line that stands for it)
+        "def perPrompt : PerPrompt :=",
+        f"  {{ claimedBound := {cq},",
+        *prompts,
+        "",
+        "set_option maxRecDepth 100000 in",
+        "theorem prompts_check : checkPrompts run perPrompt = true := by decide +kernel",
+        "",
+        "theorem per_prompt_bound {X : Type} (D : DistSpace X Rat ratArith) (B Bh : Nat → X → X)",
+        "    (p : PromptData) (hp : Among p perPrompt.prompts) (x : X)",
+        "    (h : TrajHyp ratArith D (stagesOf B Bh (promptBlocks run.blocks p.blocks)) x x) :",
+        "    D.dist (runSurr (stagesOf B Bh (promptBlocks run.blocks p.blocks)) x)",
+        "        (runBase (stagesOf B Bh (promptBlocks run.blocks p.blocks)) x)",
+        f"      ≤ Q.toRat {cq} :=",
+        f"  checkPrompts_sound (c := {cq}) run perPrompt prompts_check rfl p hp D B Bh x h",
+        "",
+    ]
+
+
 def comment_text(s: str) -> str:
     """One line, printable: the run name goes into a `--` comment."""
     return " ".join("".join(ch if ch.isprintable() else " " for ch in s).split()) or "(unnamed)"
@@ -95,30 +140,8 @@ def render_module(run: FormalRun, name: str) -> str:
         "theorem run_check : check run = true := by decide +kernel",
         # The bound theorem only once the run carries every L and a claim; otherwise one empty line.
         *(_bound_part(run.claimed_bound) if has_bound_theorem(run) else [""]),
+        # The per-prompt part only when the run carries one; otherwise nothing (the line above ends the run).
+        *(_per_prompt_part(run.per_prompt) if run.per_prompt is not None else []),
         f"end BlockCert.Runs.{name}",
     ]
     return "\n".join(lines) + "\n"
-
-
-
-
-
-
-
-
-
-
-# ---- `blockcert lean`: write, and optionally build ---------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-

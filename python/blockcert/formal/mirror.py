@@ -2,7 +2,10 @@
 
 A `FormalRun` holds the numbers a generated Lean module states about a run: per block ε, L, the
 coverage counts and weights and the certified flag; the policy; the claimed global bound and the
-measured end-to-end deviation. `check` is true exactly when Lean's `check` is: every number here is a
+measured end-to-end deviation; and, when the run carries them (bound.json's `per_prompt` kind), one
+prompt's ε_i and L_i per block for every prompt with the claimed per-prompt bound (Lean's `PerPrompt`,
+checked by `checkPrompts`: each prompt is a `Run` of its own, so `check_sound` applies to it
+unchanged). `check` is true exactly when Lean's `check` is: every number here is a
 `fractions.Fraction`, whose denominator is always positive, so Lean's `valid` (den ≠ 0) holds by
 construction and its cross-multiplied comparisons, sums and products on unnormalised `Q` agree with
 Fraction's. The messages of `run_problems` are those of BlockCert/Report.lean, word for word.
@@ -17,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-FORMAT = "blockcert.formal/1"
+FORMAT = "blockcert.formal/2"  # /2 adds the optional `per_prompt` part; /1 files are still read (without it)
+FORMAT_V1 = "blockcert.formal/1"
 FORMAL_FILE = "formal_run.json"
 
 
@@ -42,12 +46,37 @@ class FormalBlock:
 
 
 @dataclass(frozen=True)
+class PromptBlock:
+    """One prompt's ε_i and L_i for the run's block at the same position (Lean's `PromptBlock`)."""
+
+    epsilon: Fraction
+    lipschitz: Fraction
+
+
+@dataclass(frozen=True)
+class FormalPrompt:
+    """One prompt: its constants for every block of the run, in order, and its measured deviation."""
+
+    blocks: tuple[PromptBlock, ...]
+    measured_deviation: Fraction | None
+
+
+@dataclass(frozen=True)
+class PerPrompt:
+    """The per-prompt bound: one claim (the max over prompts, rounded up) that every prompt must meet."""
+
+    claimed_bound: Fraction
+    prompts: tuple[FormalPrompt, ...]
+
+
+@dataclass(frozen=True)
 class FormalRun:
     name: str
     policy: FormalPolicy
     blocks: tuple[FormalBlock, ...]
     claimed_bound: Fraction | None
     measured_deviation: Fraction | None
+    per_prompt: PerPrompt | None = None  # None: the run states no per-prompt bound
 
 
 def _valid(q: Fraction) -> bool:
@@ -117,14 +146,59 @@ def measured_ok(measured: Fraction | None, claimed: Fraction | None) -> bool:
     return measured is None or (claimed is not None and measured <= claimed)
 
 
-def check(r: FormalRun) -> bool:
-    """Lean's `check r`: the hypotheses of the composition theorem hold for the run's numbers."""
+def check_run(r: FormalRun) -> bool:
+    """Lean's `check r` on the run alone (its per-prompt part aside)."""
     return (
         all(block_ok(r.policy, b) for b in r.blocks) and policy_ok(r.policy)
         and _opt_valid(r.claimed_bound) and _opt_valid(r.measured_deviation)
         and bound_ok(global_bound(r.blocks), r.claimed_bound)
         and measured_ok(r.measured_deviation, r.claimed_bound)
     )
+
+
+# ---- the per-prompt part (Lean's `PerPrompt`, `promptRun`, `checkPrompts`) ---------------------------
+
+
+def prompt_blocks(blocks: Sequence[FormalBlock], prompt: FormalPrompt) -> tuple[FormalBlock, ...]:
+    """Lean's `promptBlocks`: the run's blocks with one prompt's ε and L. Coverage is checked once, on the run
+    itself, so these carry none (0 tokens, certified = false, which is what `check` demands of no coverage).
+    Like Lean's recursion it stops at the shorter list; `same_length` is checked beside it."""
+    zero = Fraction(0)
+    return tuple(FormalBlock(index=b.index, epsilon=q.epsilon, lipschitz=q.lipschitz, act_covered=0, n_tokens=0,
+                             loss_covered=zero, loss_total=zero, certified=False)
+                 for b, q in zip(blocks, prompt.blocks, strict=False))
+
+
+def prompt_run(r: FormalRun, c: Fraction, prompt: FormalPrompt, k: int) -> FormalRun:
+    """Lean's `promptRun r c p`: prompt `k` as a run of its own that claims `c`."""
+    return FormalRun(name=f"{r.name} prompt {k}", policy=r.policy, blocks=prompt_blocks(r.blocks, prompt),
+                     claimed_bound=c, measured_deviation=prompt.measured_deviation)
+
+
+def same_length(r: FormalRun, prompt: FormalPrompt) -> bool:
+    return len(r.blocks) == len(prompt.blocks)
+
+
+def prompt_ok(r: FormalRun, c: Fraction, prompt: FormalPrompt) -> bool:
+    """Lean's `promptOk`: as many values as blocks, the prompt's run checks, and its bound is computable."""
+    pr = prompt_run(r, c, prompt, 0)
+    return same_length(r, prompt) and check_run(pr) and global_bound(pr.blocks) is not None
+
+
+def check_prompts(r: FormalRun, pp: PerPrompt) -> bool:
+    """Lean's `checkPrompts r pp`."""
+    return _valid(pp.claimed_bound) and all(prompt_ok(r, pp.claimed_bound, p) for p in pp.prompts)
+
+
+def check(r: FormalRun) -> bool:
+    """Lean's `checkFormal r pp`: the hypotheses of the composition theorem hold for the run's numbers, and for
+    every prompt's numbers when the run states a per-prompt bound."""
+    return check_run(r) and (r.per_prompt is None or check_prompts(r, r.per_prompt))
+
+
+def has_prompt_theorem(r: FormalRun) -> bool:
+    """The generated module states `per_prompt_bound` exactly when the run carries a per-prompt part."""
+    return r.per_prompt is not None
 
 
 def has_bound_theorem(r: FormalRun) -> bool:
@@ -152,6 +226,24 @@ def block_problems(p: FormalPolicy, b: FormalBlock) -> list[str]:
 
 def run_problems(r: FormalRun) -> list[str]:
     """Why `check r` fails, one line each, in Report.lean's order and words; empty iff `check r`."""
+    out = _run_only_problems(r)
+    if r.per_prompt is not None:
+        out += prompt_problems(r, r.per_prompt)
+    return out
+
+
+def prompt_problems(r: FormalRun, pp: PerPrompt) -> list[str]:
+    """Report.lean's `perPromptProblems`: each prompt's problems, prefixed `prompt k: `."""
+    out = [] if _valid(pp.claimed_bound) else ["per_prompt.claimed_bound has a zero denominator"]
+    for k, p in enumerate(pp.prompts):
+        pre = f"prompt {k}: "
+        if not same_length(r, p):
+            out.append(pre + f"{len(p.blocks)} block values for the run's {len(r.blocks)} blocks")
+        out += [pre + m for m in _run_only_problems(prompt_run(r, pp.claimed_bound, p, k))]
+    return out
+
+
+def _run_only_problems(r: FormalRun) -> list[str]:
     out = [] if policy_ok(r.policy) else ["policy: an alpha has a zero denominator"]
     for b in r.blocks:
         out += block_problems(r.policy, b)
@@ -170,7 +262,3 @@ def run_problems(r: FormalRun) -> list[str]:
 
 def _lean_bool(b: bool) -> str:
     return "true" if b else "false"
-
-
-
-

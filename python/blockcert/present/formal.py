@@ -8,7 +8,17 @@ from __future__ import annotations
 from fractions import Fraction
 
 from blockcert.core.exact import int_text
-from blockcert.formal.mirror import FormalPolicy, FormalRun, block_ok, check, coverage_ok, global_bound, run_problems
+from blockcert.formal.mirror import (
+    FormalPolicy,
+    FormalRun,
+    block_ok,
+    check,
+    coverage_ok,
+    global_bound,
+    prompt_ok,
+    prompt_run,
+    run_problems,
+)
 
 _SIG = 6  # significant digits of the scientific notation, as `Q.toSci`
 
@@ -71,6 +81,14 @@ def report_lines(r: FormalRun) -> list[str]:
     )
     lines.append(f"claimed bound: {_opt_show(r.claimed_bound)}")
     lines.append(f"measured deviation: {_opt_show(r.measured_deviation)}")
+    if r.per_prompt is not None:  # Report.lean `promptLines`
+        c = r.per_prompt.claimed_bound
+        lines.append(f"per-prompt claimed bound: {q_pretty(c)}")
+        for k, p in enumerate(r.per_prompt.prompts):
+            g = global_bound(prompt_run(r, c, p, k).blocks)
+            status = "ok  " if prompt_ok(r, c, p) else "FAIL"
+            lines.append(f"  [{status}] prompt {k}: bound = {'not computed' if g is None else q_pretty(g)}, "
+                         f"measured = {_opt_show(p.measured_deviation)}")
     if check(r):
         lines.append("verdict: PASS")
     else:

@@ -6,12 +6,15 @@ in `.3g`), and Rich is told to fold rather than cut a cell, so no number is ever
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from io import StringIO
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from blockcert.records.certificate import BlockCertificate
+from blockcert.records.compress import CompressReport
 from blockcert.records.summary import RunSummary
 
 
@@ -19,7 +22,19 @@ def num(x: float | None, fmt: str = ".3g") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def block_table(s: RunSummary) -> Table:
+def kind_text(c: BlockCertificate | None) -> str:
+    return "n/a" if c is None or c.size is None else c.size.kind
+
+
+def size_text(c: BlockCertificate | None) -> str:
+    """Surrogate bytes / native bytes, as the certificate records them (from the IR's tensors)."""
+    return "n/a" if c is None or c.size is None else f"{c.size.byte_ratio:.3f}"
+
+
+def block_table(s: RunSummary, certificates: Mapping[int, BlockCertificate] | None = None) -> Table:
+    """The block table; with the certificates, also each surrogate's kind and size ratio (bytes vs native)."""
+    if certificates is not None:
+        return _sized_table(s, certificates)
     t = Table(
         title=f"{s.model.name} ({s.model.architecture}, {s.model.dtype}) on prompts '{s.prompts.name}' "
         f"({s.prompts.n_prompts} prompts, {s.prompts.n_tokens} tokens)",
@@ -35,6 +50,42 @@ def block_table(s: RunSummary) -> Table:
             str(b.index), "yes" if b.certified else "NO", num(b.epsilon), num(b.mae),
             num(b.max_relative_error), f"{b.cov_act:.4f}", f"{b.cov_path:.4f}", f"{b.cov_loss:.4f}",
         )
+    return t
+
+
+def _sized_table(s: RunSummary, certs: Mapping[int, BlockCertificate]) -> Table:
+    t = Table(
+        title=f"{s.model.name} ({s.model.dtype}) on '{s.prompts.name}' ({s.prompts.n_tokens} tokens)",
+        caption="size = surrogate bytes / native block bytes (weights); act, path, loss = cov_act, cov_path, "
+        f"cov_loss  τ_act={s.thresholds.tau_act:g}  "
+        f"τ_loss={s.thresholds.tau_loss:g}  policy: cov_act ≥ {s.policy.alpha_act:g}, "
+        f"cov_loss ≥ {s.policy.alpha_loss:g}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    t.add_column("block", justify="right", no_wrap=True)
+    t.add_column("surrogate", justify="left", overflow="fold", min_width=13, max_width=20)
+    for col in ("size", "cert.", "ε max", "MAE", "act", "path", "loss"):
+        t.add_column(col, justify="right", no_wrap=True, overflow="fold")
+    for b in s.blocks:
+        c = certs.get(b.index)
+        t.add_row(
+            str(b.index), kind_text(c), size_text(c), "yes" if b.certified else "NO", num(b.epsilon), num(b.mae),
+            f"{b.cov_act:.4f}", f"{b.cov_path:.4f}", f"{b.cov_loss:.4f}",
+        )
+    return t
+
+
+def compress_table(r: CompressReport) -> Table:
+    t = Table(title=f"compress --family {r.family} --target-cov-act {r.target_cov_act:g}", box=box.SIMPLE_HEAD,
+              pad_edge=False, caption="size = bytes / native bytes; replays (suffixes) = the search's cost")
+    t.add_column("block", justify="right", no_wrap=True)
+    t.add_column("chosen", justify="left", overflow="fold", min_width=16, max_width=30)
+    for col in ("size", "cert.", "cov_act", "ε max", "replays"):
+        t.add_column(col, justify="right", no_wrap=True, overflow="fold")
+    for b in r.blocks:
+        t.add_row(str(b.block_index), b.chosen, f"{b.byte_ratio:.3f}", "yes" if b.certified else "NO",
+                  f"{b.cov_act:.4f}", num(b.epsilon), f"{b.replays} ({b.suffix_recomputations})")
     return t
 
 

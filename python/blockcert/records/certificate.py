@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_serializer
+
+from blockcert.core.ir import BlockIR, Derivation
 from blockcert.core.metrics import BlockMetrics, Policy, Thresholds
 from blockcert.core.schema import Frozen, Sealed
+from blockcert.surrogates import densify, ir_size, weights_size
 from blockcert.version import INTERPRETER_VERSION, __version__
 
 BLOCK_SCHEMA = "blockcert.block-certificate/1"
@@ -54,6 +58,26 @@ class Tolerances(Frozen):
     loss_atol: float
 
 
+class SurrogateSize(Frozen):
+    """What the surrogate is and how big, beside what it replaces: every count from the tensors themselves.
+
+    `surrogate_*` count the learned tensors of ir.safetensors (every tensor but the rotary tables, which
+    are positions the native model computes too); `native_*` count the exact-copy IR of the same block,
+    i.e. the native block's own parameters; `stored_bytes` is every tensor of ir.safetensors, tables
+    included. Ratios are surrogate / native (< 1: smaller).
+    """
+
+    kind: str  # ir.json's `surrogate`
+    derivation: Derivation | None  # ir.json's `derivation`: how it was derived, ranked on what
+    surrogate_parameters: int
+    surrogate_bytes: int
+    native_parameters: int
+    native_bytes: int
+    parameter_ratio: float
+    byte_ratio: float
+    stored_bytes: int
+
+
 class BlockCertificate(Sealed):
     schema_version: Literal["blockcert.block-certificate/1"] = BLOCK_SCHEMA
     tool: ToolInfo = ToolInfo()
@@ -68,4 +92,33 @@ class BlockCertificate(Sealed):
     artifacts: dict[str, str]  # path relative to the run directory -> SHA-256
     certified: bool
     reasons: tuple[str, ...]
+    # Absent from certificates written before surrogate sizes were recorded; omitted from the JSON (and
+    # so from the digest) when None, so those certificates keep their bytes and digests.
+    size: SurrogateSize | None = None
     digest: str = ""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_size(self, handler):
+        data = handler(self)
+        if data.get("size", 0) is None:
+            del data["size"]
+        return data
+
+
+def surrogate_size(ir: BlockIR, native: BlockIR | None = None) -> SurrogateSize:
+    """The size section of a block certificate, counted from the IR's tensors.
+
+    `native` is the block's exact-copy IR; without it, the native block's size is that of `densify(ir)`,
+    which restores every native shape (factors multiplied out, int8 dequantised to the model dtype, pruned
+    heads and neurons as zeros), i.e. exactly the tensors of the block the surrogate was derived from.
+    """
+    own = weights_size(ir)
+    base = weights_size(native if native is not None else densify(ir))
+    return SurrogateSize(
+        kind=ir.spec.surrogate, derivation=ir.spec.derivation,
+        surrogate_parameters=own.parameters, surrogate_bytes=own.bytes,
+        native_parameters=base.parameters, native_bytes=base.bytes,
+        parameter_ratio=own.parameters / base.parameters if base.parameters else 1.0,
+        byte_ratio=own.bytes / base.bytes if base.bytes else 1.0,
+        stored_bytes=ir_size(ir).bytes,
+    )

@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from blockcert.errors import BlockCertError
+from blockcert.store.strict_json import StrictJsonError, parse_strict, read_regular
 
 _CHUNK = 1 << 20
+FILE_MODE = 0o644
+MAX_PATH_CHARS = 1024  # an artifact path a run records; the deepest real one is ~30 characters
+MAX_NAME_CHARS = 255  # one component (most file systems' own limit)
 
 
 def sha256_file(path: Path) -> str:
@@ -30,8 +34,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            # mkstemp creates 0600; a run is a build output colleagues must be able to verify.
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # rename replaces a symlink at `path` itself; it never writes through it
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -47,12 +53,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path, what: str) -> Any:
+    """A JSON file through the hardened reader (regular file, size cap, duplicate keys, NaN, depth)."""
+    from_bytes = read_regular(path, what)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BlockCertError(f"{what} not found: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BlockCertError(f"{what} is not valid JSON: {path} ({e})") from None
+        return parse_strict(from_bytes)
+    except StrictJsonError as e:
+        raise BlockCertError(f"{what} {path} is not strict JSON: {e}") from None
+
+
+def read_inside(run_dir: Path, rel: str, what: str, limit: int | None = None) -> bytes:
+    """The bytes of a run's file `rel`: resolved inside the run first, a regular file, at most `limit` bytes."""
+    path = resolve_inside(run_dir, rel)
+    return read_regular(path, what) if limit is None else read_regular(path, what, limit)
+
+
+def json_inside(run_dir: Path, rel: str, what: str) -> Any:
+    """A run's JSON file `rel`, resolved inside the run and parsed strictly."""
+    return read_json(resolve_inside(run_dir, rel), what)
 
 
 def resolve_inside(run_dir: Path, rel: str) -> Path:
@@ -61,14 +78,30 @@ def resolve_inside(run_dir: Path, rel: str) -> Path:
     Absolute paths, `..` components and symlinks that point outside are all rejected: a verifier
     must never be tricked into hashing (or vouching for) a file the run does not contain.
     """
+    if not isinstance(rel, str) or not rel or "\0" in rel or len(rel) > MAX_PATH_CHARS:
+        shown = rel[:60] + "…" if isinstance(rel, str) and len(rel) > 60 else rel
+        raise BlockCertError(f"artifact path {shown!r} is empty, too long or holds a NUL byte")
     p = Path(rel)
-    if p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts or not rel:
+    if p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts or "\\" in rel:
         raise BlockCertError(f"artifact path {rel!r} escapes the run directory")
+    if any(len(part) > MAX_NAME_CHARS for part in p.parts):
+        raise BlockCertError(f"artifact path {rel[:60]!r}… has a name longer than {MAX_NAME_CHARS} characters")
     root = run_dir.resolve()
+    # No component below the run directory may be a symlink, even one pointing inside: a symlink is how
+    # a read (or a write) is made to land elsewhere, and a run never needs one.
+    here = root
+    for part in p.parts:
+        here = here / part
+        if here.is_symlink():
+            raise BlockCertError(f"artifact path {rel!r}: {layout_rel(root, here)} is a symlink; a run holds none")
     full = (root / p).resolve()
     if full != root and root not in full.parents:
         raise BlockCertError(f"artifact path {rel!r} resolves outside the run directory (symlink?)")
     return full
+
+
+def layout_rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 def ensure_writable_dir(path: Path) -> None:

@@ -5,7 +5,8 @@ the counts k and n and the exact loss weights themselves, so nothing is rounded 
 thresholds enter as the decimals they were given as (`policy_value` says why). The files read:
 
   summary.json, block_NNN/certificate.json   ε, coverage counts and weights, certified flag, policy
-  bound.json (when present)                  Lipschitz constants and the claimed bound (formal_bounds.py)
+  bound.json (when present)                  composed ε, Lipschitz constants, the claimed bound and the
+                                             per-prompt part (formal_bounds.py)
   full_model_certificate.json (when present) the measured end-to-end deviation (formal_bounds.py)
 
 With bound.json the blocks are every layer of the model, native ones included (formal_bounds.py says how).
@@ -28,9 +29,11 @@ from blockcert.formal.mirror import FormalBlock, FormalPolicy, FormalRun
 from blockcert.records.certificate import BlockCertificate
 from blockcert.records.summary import RunSummary
 from blockcert.store import layout
-from blockcert.store.files import resolve_inside
-from blockcert.store.formal_bounds import RunBounds, read_run_bounds
-from blockcert.store.records_io import load_model_file
+from blockcert.store.formal_bounds import EPS_CERTIFICATE, EPS_COMPOSED, RunBounds, read_run_bounds
+from blockcert.store.manifest import load_manifest
+from blockcert.store.run_reader import block_certificate
+
+MAX_FORMAL_BLOCKS = 4096  # blocks one formal run may state (bounded exact arithmetic; models have ≤ ~100)
 
 
 class NothingToState(BlockCertError):
@@ -41,6 +44,7 @@ class NothingToState(BlockCertError):
 class FormalBuild:
     run: FormalRun
     notes: tuple[str, ...]  # what the formal run does not carry, and why
+    run_id: str = ""  # the manifest's run id: part of the Lean module's name
     info: dict[str, Any] = field(default_factory=dict)  # provenance keys for formal_run.json
 
 
@@ -54,11 +58,12 @@ def _finite(cert: BlockCertificate) -> bool:
     return m.nonfinite_tokens == 0 and m.epsilon is not None
 
 
-def _block(cert: BlockCertificate, lipschitz: Fraction | None) -> FormalBlock:
+def _block(cert: BlockCertificate, lipschitz: Fraction | None, epsilon: Fraction | None = None) -> FormalBlock:
+    """`epsilon` None: the certificate's own (no bound.json); otherwise bound.json's composed ε."""
     m = cert.metrics
     return FormalBlock(
         index=cert.block_index,
-        epsilon=to_fraction(m.epsilon),
+        epsilon=to_fraction(m.epsilon) if epsilon is None else epsilon,
         lipschitz=lipschitz,
         act_covered=m.act_covered,
         n_tokens=m.n_tokens,
@@ -68,10 +73,11 @@ def _block(cert: BlockCertificate, lipschitz: Fraction | None) -> FormalBlock:
     )
 
 
-def _native(index: int, lipschitz: Fraction) -> FormalBlock:
-    """A layer the run holds no surrogate for: replayed natively (ε = 0), nothing measured, no certificate."""
+def _native(index: int, lipschitz: Fraction, epsilon: Fraction) -> FormalBlock:
+    """A layer the run holds no surrogate for: replayed natively (its composed ε), nothing measured, no
+    certificate."""
     zero = Fraction(0)
-    return FormalBlock(index=index, epsilon=zero, lipschitz=lipschitz, act_covered=0, n_tokens=0,
+    return FormalBlock(index=index, epsilon=epsilon, lipschitz=lipschitz, act_covered=0, n_tokens=0,
                        loss_covered=zero, loss_total=zero, certified=False)
 
 
@@ -79,17 +85,18 @@ def _blocks(kept: list[BlockCertificate], bounds: RunBounds) -> tuple[FormalBloc
     if bounds.layers is None:
         return tuple(_block(c, None) for c in kept)
     by_index = {c.block_index: c for c in kept}
-    return tuple(_block(by_index[la.index], la.lipschitz) if la.stitched else _native(la.index, la.lipschitz)
-                 for la in bounds.layers)
+    return tuple(_block(by_index[la.index], la.lipschitz, la.epsilon) if la.stitched
+                 else _native(la.index, la.lipschitz, la.epsilon) for la in bounds.layers)
 
 
 def load_certificates(run_dir: Path) -> tuple[RunSummary, list[BlockCertificate]]:
-    summary = load_model_file(run_dir / layout.SUMMARY, RunSummary, "run summary")
-    certs = [load_model_file(resolve_inside(run_dir, e.certificate), BlockCertificate, "certificate")
-             for e in summary.blocks]
+    """The sealed manifest and every block certificate, each sealed, listed in it and agreeing with it."""
+    summary = load_manifest(run_dir)
+    if len(summary.blocks) > MAX_FORMAL_BLOCKS:
+        raise BlockCertError(f"{layout.SUMMARY} lists {len(summary.blocks)} blocks, over the limit of "
+                             f"{MAX_FORMAL_BLOCKS} for a formal run")
+    certs = [block_certificate(run_dir, summary, e.index) for e in summary.blocks]
     for entry, cert in zip(summary.blocks, certs, strict=True):
-        if cert.block_index != entry.index:
-            raise BlockCertError(f"{entry.certificate} is for block {cert.block_index}, listed as block {entry.index}")
         if cert.policy != summary.policy:
             # The Lean run has one policy; a run mixing policies has no single statement to make.
             raise BlockCertError(f"{entry.certificate}: policy differs from {layout.SUMMARY}'s")
@@ -121,15 +128,19 @@ def build_formal(run_dir: Path) -> FormalBuild:
         blocks=_blocks(kept, bounds),
         claimed_bound=bounds.claimed_bound,
         measured_deviation=bounds.measured_deviation,
+        per_prompt=bounds.per_prompt,
     )
     info = {
+        "epsilon_source": EPS_COMPOSED if bounds.layers is not None else EPS_CERTIFICATE,
+        "run_id": summary.run_id(),
         "source": {
             "summary": layout.SUMMARY,
             "certificates": {e.certificate: e.digest for e in summary.blocks},
             **bounds.sources,
         },
         "lipschitz_kind": bounds.lipschitz_kind,
+        "per_prompt_kind": "per_prompt" if bounds.per_prompt is not None else None,
         "native_layers": [b.index for b in run.blocks if b.index not in {c.block_index for c in kept}],
         "notes": notes,
     }
-    return FormalBuild(run=run, notes=tuple(notes), info=info)
+    return FormalBuild(run=run, notes=tuple(notes), info=info, run_id=summary.run_id())

@@ -1,4 +1,9 @@
-"""`formal_run.json` (format "blockcert.formal/1"): the contract BlockCert/Json.lean parses, read and written exactly.
+"""`formal_run.json` (format "blockcert.formal/2"): the contract BlockCert/Json.lean parses, read and written exactly.
+
+Format /2 is /1 plus an optional `per_prompt` object (null or missing: none):
+`{"claimed_bound": C, "prompts": [{"blocks": [{"epsilon": e, "lipschitz": l}, ...], "measured_deviation": m}]}`,
+one entry per prompt with one `{epsilon, lipschitz}` per block of `blocks`, in the same order. Files of
+format /1 are still read (both readers), as runs without a per-prompt part; files are written as /2.
 
 Numbers are JSON decimals without exponent, so Lean's parser (which keeps `mantissa / 10^exponent`)
 and this module read the very fraction written. Every value a formal run holds is a float's exact value
@@ -21,14 +26,23 @@ from typing import Any
 
 from blockcert.core.exact import decimal_str
 from blockcert.errors import BlockCertError
-from blockcert.formal.mirror import FORMAL_FILE, FORMAT, FormalBlock, FormalPolicy, FormalRun
+from blockcert.formal.mirror import (
+    FORMAL_FILE,
+    FORMAT,
+    FORMAT_V1,
+    FormalBlock,
+    FormalPolicy,
+    FormalPrompt,
+    FormalRun,
+    PerPrompt,
+    PromptBlock,
+)
 from blockcert.store.files import atomic_write_bytes
+from blockcert.store.strict_json import read_regular
 
 
 class FormalInputError(BlockCertError):
     """`formal_run.json` is unreadable or does not follow the contract (the Lean checker's exit code 2)."""
-
-
 
 
 def _num(q: Fraction | None) -> str:
@@ -45,6 +59,21 @@ def _block_text(b: FormalBlock) -> str:
     return "    {\n" + ",\n".join(f'      "{k}": {v}' for k, v in fields) + "\n    }"
 
 
+def _prompt_text(p: FormalPrompt) -> str:
+    blocks = ",\n".join(f'          {{"epsilon": {_num(q.epsilon)}, "lipschitz": {_num(q.lipschitz)}}}'
+                        for q in p.blocks)
+    return ('      {\n        "blocks": [' + (f"\n{blocks}\n        ]" if p.blocks else "]")
+            + f',\n        "measured_deviation": {_num(p.measured_deviation)}\n      }}')
+
+
+def _per_prompt_text(pp: PerPrompt | None) -> str:
+    if pp is None:
+        return "null"
+    prompts = ",\n".join(_prompt_text(p) for p in pp.prompts)
+    return ('{\n' f'    "claimed_bound": {_num(pp.claimed_bound)},\n'
+            '    "prompts": [' + (f"\n{prompts}\n    ]" if pp.prompts else "]") + "\n  }")
+
+
 def formal_json_text(run: FormalRun, info: dict[str, Any] | None = None) -> str:
     """The file's bytes: the contract's keys with exact decimals, then `info` (ignored by both readers)."""
     blocks = ",\n".join(_block_text(b) for b in run.blocks)
@@ -57,6 +86,7 @@ def formal_json_text(run: FormalRun, info: dict[str, Any] | None = None) -> str:
         '  "blocks": [' + (f"\n{blocks}\n  ]" if run.blocks else "]"),
         f'  "claimed_bound": {_num(run.claimed_bound)}',
         f'  "measured_deviation": {_num(run.measured_deviation)}',
+        f'  "per_prompt": {_per_prompt_text(run.per_prompt)}',
     ]
     for key, value in sorted((info or {}).items()):
         text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
@@ -79,7 +109,12 @@ def _no_constant(name: str):
     raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
 
 
-_MAX_EXPONENT = 100_000  # |decimal exponent| beyond which a number is refused rather than expanded
+# Bounded work (mirrored by Json.lean): a number's mantissa has at most MAX_DIGITS decimal digits and its
+# scale (digits after the point) at most MAX_DIGITS; a run holds at most MAX_BLOCKS blocks. A float64's exact
+# decimal has at most 767 significant digits and 1074 after the point, so every number a run produces fits;
+# `1e100000`, which would make every later product a 100,000-digit integer, is refused at once.
+MAX_DIGITS = 1100
+MAX_BLOCKS = 4096
 
 
 def _is_number(v: Any) -> bool:
@@ -87,10 +122,13 @@ def _is_number(v: Any) -> bool:
 
 
 def _exact(ctx: str, v: Any) -> Fraction:
-    # Lean keeps 1e999999 as a JsonNumber without expanding it; Python would build the integer, so absurd
-    # exponents are refused here (no number a run produces comes anywhere near).
-    if isinstance(v, Decimal) and abs(v.as_tuple().exponent) > _MAX_EXPONENT:
-        raise _Contract(f"{ctx}: exponent out of range")
+    t = v.as_tuple()
+    if not isinstance(t.exponent, int):
+        raise _Contract(f"{ctx}: expected a number")
+    nonzero = any(t.digits)
+    mantissa_digits = (len(t.digits) + max(t.exponent, 0)) if nonzero else 1
+    if mantissa_digits > MAX_DIGITS or -t.exponent > MAX_DIGITS:
+        raise _Contract(f"{ctx}: number too large (limit {MAX_DIGITS} digits)")
     return Fraction(v)
 
 
@@ -148,7 +186,7 @@ def parse_formal(text: str) -> FormalRun:
     checker's: `not valid JSON: …` or `ill-formed formal run: <field>: …`."""
     try:
         j = json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+    except (ValueError, RecursionError, ArithmeticError) as e:  # JSONDecodeError is a ValueError
         raise FormalInputError(f"not valid JSON: {e}") from None
     try:
         return _run(j)
@@ -156,25 +194,61 @@ def parse_formal(text: str) -> FormalRun:
         raise FormalInputError(f"ill-formed formal run: {e}") from None
 
 
+def _prompt_block(ctx: str, v: Any) -> PromptBlock:
+    j = _obj(ctx, v)
+    return PromptBlock(epsilon=_q(f"{ctx}.epsilon", j.get("epsilon")),
+                       lipschitz=_q(f"{ctx}.lipschitz", j.get("lipschitz")))
+
+
+def _array(ctx: str, v: Any, what: str) -> list:
+    if not isinstance(v, list):
+        raise _Contract(f"{ctx}: expected an array")
+    if len(v) > MAX_BLOCKS:
+        raise _Contract(f"{ctx}: more than {MAX_BLOCKS} {what}")
+    return v
+
+
+def _prompt(ctx: str, v: Any) -> FormalPrompt:
+    j = _obj(ctx, v)
+    blocks = _array(f"{ctx}.blocks", j.get("blocks"), "blocks")
+    return FormalPrompt(
+        blocks=tuple(_prompt_block(f"{ctx}.blocks[{i}]", b) for i, b in enumerate(blocks)),
+        measured_deviation=_opt_q(f"{ctx}.measured_deviation", j.get("measured_deviation")),
+    )
+
+
+def _per_prompt(v: Any) -> PerPrompt | None:
+    if v is None:
+        return None
+    j = _obj("per_prompt", v)
+    claimed = _q("per_prompt.claimed_bound", j.get("claimed_bound"))
+    prompts = _array("per_prompt.prompts", j.get("prompts"), "prompts")
+    return PerPrompt(claimed, tuple(_prompt(f"per_prompt.prompts[{i}]", p) for i, p in enumerate(prompts)))
+
+
 def _run(j: Any) -> FormalRun:
     _obj("top level", j)
     fmt = j.get("format")
     if not isinstance(fmt, str):
         raise _Contract(f'format: missing (expected "{FORMAT}")')
-    if fmt != FORMAT:
-        raise _Contract(f'format: unsupported "{fmt}" (expected "{FORMAT}")')
+    if fmt not in (FORMAT, FORMAT_V1):
+        raise _Contract(f'format: unsupported "{fmt}" (expected "{FORMAT}" or "{FORMAT_V1}")')
     pol = _obj("policy", j.get("policy"))
     policy = FormalPolicy(_q("policy.alpha_act", pol.get("alpha_act")), _q("policy.alpha_loss", pol.get("alpha_loss")))
-    blocks = j.get("blocks")
-    if not isinstance(blocks, list):
-        raise _Contract("blocks: expected an array")
+    blocks = _array("blocks", j.get("blocks"), "blocks")
     name = j.get("run")
+    # Field order = Json.lean's `parseFormal` (the first ill-formed field is the one both readers name).
+    parsed = tuple(_block(f"blocks[{i}]", b) for i, b in enumerate(blocks))
+    claimed = _opt_q("claimed_bound", j.get("claimed_bound"))
+    measured = _opt_q("measured_deviation", j.get("measured_deviation"))
     return FormalRun(
         name=name if isinstance(name, str) else "(unnamed)",
         policy=policy,
-        blocks=tuple(_block(f"blocks[{i}]", b) for i, b in enumerate(blocks)),
-        claimed_bound=_opt_q("claimed_bound", j.get("claimed_bound")),
-        measured_deviation=_opt_q("measured_deviation", j.get("measured_deviation")),
+        blocks=parsed,
+        claimed_bound=claimed,
+        measured_deviation=measured,
+        # A /1 file has no per-prompt part: a `per_prompt` key in it is provenance, ignored like any other.
+        per_prompt=_per_prompt(j.get("per_prompt")) if fmt == FORMAT else None,
     )
 
 
@@ -183,12 +257,17 @@ def formal_path(path: Path) -> Path:
     return path / FORMAL_FILE if path.is_dir() else path
 
 
+MAX_FORMAL_BYTES = 16 << 20
+
+
 def read_formal(path: Path) -> FormalRun:
     """Read `path` (a run directory or the file); a FormalInputError's message is the Lean checker's line."""
     file = formal_path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_regular(file, "formal run", MAX_FORMAL_BYTES).decode("utf-8")
+    except BlockCertError as e:
+        raise FormalInputError(f"cannot read {file}: {e}") from None
+    except UnicodeDecodeError as e:
         raise FormalInputError(f"cannot read {file}: {e}") from None
     try:
         return parse_formal(text)

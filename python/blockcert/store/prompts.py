@@ -13,6 +13,7 @@ from blockcert.core.digest import canonical_json, sha256_bytes
 from blockcert.errors import BlockCertError
 from blockcert.records.certificate import PromptInfo
 from blockcert.store.files import json_bytes
+from blockcert.store.strict_json import read_regular
 
 BUNDLED = ("default", "stress")
 
@@ -40,14 +41,18 @@ def load_prompts(spec: str) -> PromptSet:
     if spec in BUNDLED:
         return bundled(spec)
     path = Path(spec)
+    if path.is_dir():
+        raise BlockCertError(f"prompt set {spec!r} is a directory; give a prompt file (a prompt a line, or .jsonl)")
     if not path.is_file():
         raise BlockCertError(
             f"prompt set {spec!r} is neither a bundled set ({', '.join(BUNDLED)}) nor an existing file"
         )
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular(path, "prompt file").decode("utf-8")
     except UnicodeDecodeError as e:
         raise BlockCertError(f"prompt file {path} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8") from None
+    # A byte-order mark is encoding, not text: it would become part of the first prompt (or break its JSON).
+    text = text.removeprefix("\ufeff")
     if path.suffix == ".jsonl":
         prompts = []
         for n, line in enumerate(text.splitlines(), 1):

@@ -9,36 +9,43 @@ what to do; nothing is written by these functions.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from blockcert.core.batch import Batch, batch_from_token_ids
 from blockcert.core.digest import canonical_json, sha256_bytes
-from blockcert.core.ir import BlockIR
+from blockcert.core.ir import BlockIR, layout_problem, native_heads
 from blockcert.core.selection import parse_blocks
 from blockcert.core.traces import BlockTrace, LossTrace
 from blockcert.errors import BlockCertError
 from blockcert.records.bound import BOUND_FILE, BoundArtifact
 from blockcert.records.certificate import BlockCertificate
 from blockcert.records.fullmodel import CERTIFICATE_FILE, FullModelCertificate, index_ranges
-from blockcert.records.summary import RunSummary
+from blockcert.records.summary import RunSummary, disagreements
 from blockcert.store import layout
-from blockcert.store.files import read_json, resolve_inside, sha256_file
+from blockcert.store.files import read_inside, resolve_inside
+from blockcert.store.manifest import load_manifest
 from blockcert.store.prompts import load_prompts
-from blockcert.store.records_io import load_model_file
-from blockcert.store.tensors import decode_record, decode_spec, decode_tensors
+from blockcert.store.records_io import parse_model
+from blockcert.store.strict_json import StrictJsonError, parse_strict, read_regular
+from blockcert.store.tensors import (
+    decode_record,
+    decode_spec,
+    decode_tensors,
+    ir_layout,
+    loss_layout,
+    trace_layout,
+)
+
+MAX_ARTIFACT_BYTES = 8 << 30  # one block artifact; smollm2's largest (its traces) is ~30 MB
 
 VERIFY_HINT = "run `blockcert verify` on the run directory to see everything that is wrong"
 
 
 def load_run_summary(run_dir: Path) -> RunSummary:
-    if not run_dir.is_dir():
-        raise BlockCertError(f"run directory {run_dir} does not exist")
-    if not (run_dir / layout.SUMMARY).is_file():
-        raise BlockCertError(f"{run_dir} holds no {layout.SUMMARY}: not a complete run; run `blockcert extract` first")
-    return load_model_file(run_dir / layout.SUMMARY, RunSummary, "run summary")
+    """The run's sealed manifest (store/manifest.py): refused when old, unsealed, edited or not strict JSON."""
+    return load_manifest(Path(run_dir))
 
 
 def select_blocks(summary: RunSummary, spec: str | None) -> list[int]:
@@ -63,30 +70,31 @@ def block_certificate(run_dir: Path, summary: RunSummary, index: int) -> BlockCe
     if entry is None:
         raise BlockCertError(f"block {index} is not listed in {layout.SUMMARY}")
     path = resolve_inside(run_dir, entry.certificate)
-    if not path.is_file():
+    if not path.exists():
         raise BlockCertError(f"block {index}: certificate {entry.certificate} is missing; rerun `blockcert extract`")
-    cert = load_model_file(path, BlockCertificate, f"block {index} certificate")
+    data = read_inside(run_dir, entry.certificate, f"block {index} certificate")
+    cert = parse_model(data, BlockCertificate, f"block {index} certificate {entry.certificate}")
     if cert.body_digest() != cert.digest or cert.digest != entry.digest or cert.block_index != index:
         raise BlockCertError(f"block {index}: certificate does not match its digest or {layout.SUMMARY}; {VERIFY_HINT}")
-    if cert.model.weights_sha256 != summary.model.weights_sha256:
+    if summary.files.get(entry.certificate) != sha256_bytes(data):
         raise BlockCertError(
-            f"block {index}: surrogate was extracted from a different model (weights "
-            f"{cert.model.weights_sha256[:16]}…, the run's model {summary.model.weights_sha256[:16]}…); re-extract it"
-        )
+            f"block {index}: {entry.certificate} is not the file {layout.SUMMARY} lists; {VERIFY_HINT}")
+    problems = disagreements(summary, cert, entry)
+    if problems:
+        raise BlockCertError(f"block {index}: {problems[0]}; the block belongs to another run: re-extract it")
     return cert
 
 
 def certified_bytes(run_dir: Path, cert: BlockCertificate, name: str) -> bytes:
     """The bytes of block artifact `name`, refused unless they hash to what the certificate records."""
-    rel = f"block_{cert.block_index:03d}/{name}"
+    rel = name if name == layout.PROMPTS else f"block_{cert.block_index:03d}/{name}"  # prompts.json is shared
     digest = cert.artifacts.get(rel)
     if digest is None:
         raise BlockCertError(f"block {cert.block_index}: certificate does not list {rel}; {VERIFY_HINT}")
     path = resolve_inside(run_dir, rel)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BlockCertError(f"block {cert.block_index}: file {rel} is missing; rerun `blockcert extract`") from None
+    if not path.exists():
+        raise BlockCertError(f"block {cert.block_index}: file {rel} is missing; rerun `blockcert extract`")
+    data = read_regular(path, f"block {cert.block_index}: {rel}", MAX_ARTIFACT_BYTES)
     if sha256_bytes(data) != digest:
         raise BlockCertError(
             f"block {cert.block_index}: {rel} changed since certification (SHA-256 mismatch); {VERIFY_HINT}"
@@ -100,25 +108,70 @@ def load_certified_ir(run_dir: Path, cert: BlockCertificate, device: torch.devic
     if spec.block_index != cert.block_index:
         raise BlockCertError(f"block {cert.block_index}: {layout.IR_SPEC} describes block {spec.block_index}")
     what = f"block {cert.block_index}: {layout.IR_TENSORS}"
-    tensors = decode_tensors(certified_bytes(run_dir, cert, layout.IR_TENSORS), what)
+    # The header must declare exactly the tensors the spec implies before the interpreter sees any of them.
+    want, optional = ir_layout(spec, cert.model.dtype)
+    tensors = decode_tensors(certified_bytes(run_dir, cert, layout.IR_TENSORS), what, want, optional)
+    _check_ir_values(spec, tensors, what)
     ir = BlockIR(spec, tensors)
     return ir.to(device=device) if str(device) != "cpu" else ir
 
 
-def load_certified_traces(run_dir: Path, cert: BlockCertificate) -> tuple[BlockTrace, LossTrace]:
-    def one(name: str, cls):
-        return decode_record(certified_bytes(run_dir, cert, name), cls, f"block {cert.block_index}: {name}")
+def _check_ir_values(spec, tensors: dict[str, torch.Tensor], what: str) -> None:
+    problem = layout_problem(spec, {k: tuple(v.shape) for k, v in tensors.items()})
+    if problem is not None:
+        raise BlockCertError(f"{what}: {problem}")
 
-    return one(layout.TRACES, BlockTrace), one(layout.LOSSES, LossTrace)
+
+def load_certified_traces(run_dir: Path, cert: BlockCertificate, spec=None) -> tuple[BlockTrace, LossTrace]:
+    """The block's traces and losses, their headers checked against the shapes the run implies (prompts ×
+    tokens × hidden size, the IR's head count) and their indices checked to lie in range."""
+    n, t = trace_dims(run_dir, cert)
+    if spec is None:
+        spec = decode_spec(certified_bytes(run_dir, cert, layout.IR_SPEC),
+                           f"block {cert.block_index}: {layout.IR_SPEC}")
+    pre = f"block {cert.block_index}: "
+    tw = trace_layout(n, t, spec.hidden_size, native_heads(spec), cert.model.dtype)
+    trace = decode_record(certified_bytes(run_dir, cert, layout.TRACES), BlockTrace, pre + layout.TRACES, tw)
+    loss = decode_record(certified_bytes(run_dir, cert, layout.LOSSES), LossTrace, pre + layout.LOSSES,
+                         loss_layout(n, t))
+    if t and (int(trace.positions.min()) < 0 or int(trace.native_argmax.min()) < 0
+              or int(trace.native_argmax.max()) >= t):
+        raise BlockCertError(pre + f"{layout.TRACES}: positions or native_argmax out of range")
+    return trace, loss
+
+
+def trace_dims(run_dir: Path, cert: BlockCertificate) -> tuple[int, int]:
+    """(prompts, longest prompt in tokens) from the certified prompts file."""
+    ids = _token_ids(certified_bytes(run_dir, cert, layout.PROMPTS), cert.prompts, f"block {cert.block_index}")
+    return len(ids), max((len(r) for r in ids), default=0)
+
+
+def _token_ids(data: bytes, prompts, what: str) -> list[list[int]]:
+    try:
+        obj = parse_strict(data)
+    except StrictJsonError as e:
+        raise BlockCertError(f"{what}: {layout.PROMPTS} is not strict JSON: {e}") from None
+    texts = obj.get("prompts") if isinstance(obj, dict) else None
+    ids = obj.get("token_ids") if isinstance(obj, dict) else None
+    if (not isinstance(texts, list) or not isinstance(ids, list)
+            or not all(isinstance(r, list) and all(type(v) is int and v >= 0 for v in r) for r in ids)
+            or sha256_bytes(canonical_json(texts).encode()) != prompts.sha256
+            or sha256_bytes(canonical_json(ids).encode()) != prompts.token_ids_sha256
+            or len(ids) != prompts.n_prompts):
+        raise BlockCertError(f"{what}: {layout.PROMPTS} does not hash to the certified prompt set; {VERIFY_HINT}")
+    return ids
 
 
 def load_certified_prompt_epsilons(run_dir: Path, cert: BlockCertificate) -> tuple[float, ...]:
     """ε of each prompt (max over its tokens) from the block's certified metrics file; their max is ε itself."""
     try:
-        rows = json.loads(certified_bytes(run_dir, cert, layout.METRICS))["per_prompt"]
+        rows = parse_strict(certified_bytes(run_dir, cert, layout.METRICS))["per_prompt"]
         eps = tuple(float(r["epsilon"]) for r in sorted(rows, key=lambda r: r["prompt"]))
-    except (ValueError, KeyError, TypeError) as e:
+    except (StrictJsonError, ValueError, KeyError, TypeError) as e:
         raise BlockCertError(f"block {cert.block_index}: {layout.METRICS} has no per-prompt ε ({e})") from None
+    if len(eps) != cert.prompts.n_prompts:
+        raise BlockCertError(f"block {cert.block_index}: {layout.METRICS} has {len(eps)} per-prompt rows for "
+                             f"{cert.prompts.n_prompts} prompts")
     if not eps or max(eps) != cert.metrics.epsilon:
         raise BlockCertError(f"block {cert.block_index}: the per-prompt ε in {layout.METRICS} do not match the "
                              "certificate's ε; run `blockcert verify`")
@@ -126,16 +179,10 @@ def load_certified_prompt_epsilons(run_dir: Path, cert: BlockCertificate) -> tup
 
 
 def certified_token_ids(run_dir: Path, summary: RunSummary) -> list[list[int]]:
-    data = read_json(run_dir / layout.PROMPTS, "prompts file")
-    texts, ids = data.get("prompts"), data.get("token_ids")
-    if (
-        not isinstance(texts, list)
-        or not isinstance(ids, list)
-        or sha256_bytes(canonical_json(texts).encode()) != summary.prompts.sha256
-        or sha256_bytes(canonical_json(ids).encode()) != summary.prompts.token_ids_sha256
-    ):
-        raise BlockCertError(f"{layout.PROMPTS} does not hash to the certified prompt set; {VERIFY_HINT}")
-    return ids
+    data = read_inside(run_dir, layout.PROMPTS, "prompts file")
+    if summary.files.get(layout.PROMPTS) != sha256_bytes(data):
+        raise BlockCertError(f"{layout.PROMPTS} is not the file {layout.SUMMARY} lists; {VERIFY_HINT}")
+    return _token_ids(data, summary.prompts, "the run")
 
 
 def certified_batch(run_dir: Path, summary: RunSummary, pad_token_id: int | None = None) -> Batch:
@@ -156,14 +203,14 @@ def require_certified_prompts(summary: RunSummary, spec: str) -> None:
 
 def load_full_certificate(run_dir: Path) -> FullModelCertificate:
     """The run's full-model certificate, refused unless it and its evaluation file are intact."""
-    path = run_dir / CERTIFICATE_FILE
-    if not path.is_file():
+    if not resolve_inside(run_dir, CERTIFICATE_FILE).exists():
         raise BlockCertError(f"{run_dir} holds no {CERTIFICATE_FILE}; run `blockcert stitch` first")
-    cert = load_model_file(path, FullModelCertificate, "full-model certificate")
+    cert = parse_model(read_inside(run_dir, CERTIFICATE_FILE, "full-model certificate"), FullModelCertificate,
+                       f"full-model certificate {CERTIFICATE_FILE}")
     if cert.body_digest() != cert.digest:
         raise BlockCertError(f"{CERTIFICATE_FILE} does not match its digest (edited?); rerun `blockcert stitch`")
     ev = resolve_inside(run_dir, cert.evaluation_file)
-    if not ev.is_file() or sha256_file(ev) != cert.evaluation_sha256:
+    if not ev.is_file() or sha256_bytes(read_regular(ev, cert.evaluation_file)) != cert.evaluation_sha256:
         raise BlockCertError(f"{cert.evaluation_file} is missing or changed since stitching; rerun `blockcert stitch`")
     return cert
 
@@ -186,10 +233,9 @@ def stitched_block_certificates(
 def load_bound_artifact(run_dir: Path) -> BoundArtifact:
     """RUN_DIR/bound.json, refused unless it matches its schema, its digest, and the run's block certificates."""
 
-    path = run_dir / BOUND_FILE
-    if not path.is_file():
+    if not resolve_inside(run_dir, BOUND_FILE).exists():
         raise BlockCertError(f"{run_dir} holds no {BOUND_FILE}; run `blockcert bound {run_dir}` first")
-    art = load_model_file(path, BoundArtifact, "bound file")
+    art = parse_model(read_inside(run_dir, BOUND_FILE, "bound file"), BoundArtifact, f"bound file {BOUND_FILE}")
     if art.body_digest() != art.digest:
         raise BlockCertError(f"{BOUND_FILE} does not match its digest (edited?); rerun `blockcert bound`")
     summary = load_run_summary(run_dir)

@@ -6,7 +6,6 @@ so what is parsed is exactly what was checked. Safetensors only: no pickle anywh
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import TypeVar
@@ -15,11 +14,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from blockcert.core.ir import BlockIR, BlockSpec
+from blockcert.core.ir import BlockIR, BlockSpec, tensor_layout
 from blockcert.core.traces import BlockTrace, LossTrace
 from blockcert.errors import BlockCertError
 from blockcert.store import layout
 from blockcert.store.files import atomic_write_bytes, json_bytes
+from blockcert.store.records_io import parse_model
+from blockcert.store.strict_json import StrictJsonError, parse_strict
 
 D = TypeVar("D", BlockTrace, LossTrace)
 
@@ -41,15 +42,105 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     atomic_write_bytes(path, tensor_bytes(tensors))
 
 
-def decode_tensors(data: bytes, what: str) -> dict[str, torch.Tensor]:
+MAX_HEADER_BYTES = 1 << 20  # a block's header lists ~20 tensors in < 2 KB
+_ITEM = {"BOOL": 1, "U8": 1, "I8": 1, "F16": 2, "BF16": 2, "I16": 2, "F32": 4, "I32": 4, "F64": 8, "I64": 8}
+DTYPE_TAG = {"float32": "F32", "float64": "F64"}
+
+# name -> (dtype tag, shape); a None dimension is free (only its rank is fixed).
+Layout = dict[str, tuple[str, tuple[int | None, ...]]]
+
+
+def read_header(data: bytes, what: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The safetensors header of `data`, validated by hand before the library parses anything: its length,
+    strict JSON, every entry's dtype, shape and byte range, the ranges tiling the data exactly."""
+    if len(data) < 8:
+        raise BlockCertError(f"{what} is not a safetensors file (shorter than its 8-byte header length)")
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER_BYTES or n > len(data) - 8:
+        raise BlockCertError(f"{what} is not a safetensors file (header length {n} is out of range)")
+    try:
+        header = parse_strict(data[8:8 + n])
+    except StrictJsonError as e:
+        raise BlockCertError(f"{what}: safetensors header is not strict JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise BlockCertError(f"{what}: safetensors header is not an object")
+    out, spans = {}, []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}
+        dtype, shape, offs = (entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")) if ok else (0, 0, 0)
+        if not (ok and dtype in _ITEM and isinstance(shape, list) and len(shape) <= 8
+                and all(type(d) is int and 0 <= d < 1 << 40 for d in shape)
+                and isinstance(offs, list) and len(offs) == 2 and all(type(o) is int and o >= 0 for o in offs)):
+            raise BlockCertError(f"{what}: tensor {name[:60]!r} has a malformed header entry")
+        size = _ITEM[dtype]
+        for d in shape:
+            size *= d
+        if offs[1] - offs[0] != size:
+            raise BlockCertError(f"{what}: tensor {name[:60]!r} declares {offs[1] - offs[0]} bytes for shape {shape}")
+        spans.append((offs[0], offs[1]))
+        out[name] = (dtype, tuple(shape))
+    pos = 0
+    for lo, hi in sorted(spans):
+        if lo != pos:
+            raise BlockCertError(f"{what}: tensor data overlaps or leaves gaps (byte {lo}, expected {pos})")
+        pos = hi
+    if pos != len(data) - 8 - n:
+        raise BlockCertError(f"{what}: tensor data is {len(data) - 8 - n} bytes, the header accounts for {pos}")
+    return out
+
+
+def check_layout(header: dict[str, tuple[str, tuple[int, ...]]], want: Layout, what: str,
+                 optional: Layout | None = None) -> None:
+    """Every tensor of `want` present with its dtype and shape, nothing else but those of `optional`."""
+    optional = optional or {}
+    for name in want:
+        if name not in header:
+            raise BlockCertError(f"{what} lacks tensor {name!r}")
+    for name, (dtype, shape) in header.items():
+        spec = want.get(name) or optional.get(name)
+        if spec is None:
+            raise BlockCertError(f"{what} holds tensor {name[:60]!r}, which its layout does not declare")
+        wdtype, wshape = spec
+        if dtype != wdtype:
+            raise BlockCertError(f"{what}: tensor {name!r} has dtype {dtype}, expected {wdtype}")
+        if len(shape) != len(wshape) or any(w is not None and w != d for d, w in zip(shape, wshape, strict=False)):
+            raise BlockCertError(f"{what}: tensor {name!r} has shape {list(shape)}, expected "
+                                 f"{[('*' if w is None else w) for w in wshape]}")
+
+
+def ir_layout(spec: BlockSpec, dtype: str) -> tuple[Layout, Layout]:
+    """The tensors an IR's spec implies (required, optional biases), in the model's dtype: every linear map
+    in the form the spec declares (core.ir.tensor_layout: dense, low-rank factors, int8 + scales)."""
+    return tensor_layout(spec, DTYPE_TAG[dtype])
+
+
+def trace_layout(n_prompts: int, max_len: int, hidden: int, heads: int, dtype: str) -> Layout:
+    f, p, t = DTYPE_TAG[dtype], n_prompts, max_len
+    return {"x_in": (f, (p, t, hidden)), "x_out": (f, (p, t, hidden)), "valid": ("BOOL", (p, t)),
+            "positions": ("I64", (p, t)), "native_mask": ("BOOL", (p, t, t)), "native_argmax": ("I64", (p, heads, t))}
+
+
+def loss_layout(n_prompts: int, max_len: int) -> Layout:
+    s = (n_prompts, max(max_len - 1, 0))
+    return {"base_nll": ("F64", s), "stitched_nll": ("F64", s), "loss_ok": ("BOOL", s)}
+
+
+def decode_tensors(data: bytes, what: str, want: Layout | None = None, optional: Layout | None = None,
+                   ) -> dict[str, torch.Tensor]:
+    """Tensors from bytes; with `want`, the header is checked against that layout before anything is loaded."""
+    header = read_header(data, what)
+    if want is not None:
+        check_layout(header, want, what, optional)
     try:
         return st_load(data)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise BlockCertError(f"{what} is not a readable safetensors file ({e})") from None
+        raise BlockCertError(f"{what} is not a readable safetensors file ({str(e)[:200]})") from None
 
 
-def decode_record(data: bytes, cls: type[D], what: str) -> D:
-    d = decode_tensors(data, what)
+def decode_record(data: bytes, cls: type[D], what: str, want: Layout | None = None) -> D:
+    d = decode_tensors(data, what, want)
     try:
         return cls(**{f.name: d[f.name] for f in fields(cls)})
     except KeyError as e:
@@ -57,10 +148,7 @@ def decode_record(data: bytes, cls: type[D], what: str) -> D:
 
 
 def decode_spec(data: bytes, what: str) -> BlockSpec:
-    try:
-        return BlockSpec.model_validate(json.loads(data))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BlockCertError(f"{what} is not a valid IR spec ({str(e).splitlines()[0]})") from None
+    return parse_model(data, BlockSpec, what)
 
 
 def _read(path: Path) -> bytes:

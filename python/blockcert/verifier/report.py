@@ -25,6 +25,8 @@ class RunReport:
     blocks: list[BlockReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     loss_coverage_source: str = "recorded per-token losses"
+    rederived: list[str] = field(default_factory=list)  # numbers verify recomputed and compared
+    from_files: list[str] = field(default_factory=list)  # numbers it could only take from the (hashed) files
 
     @property
     def ok(self) -> bool:
@@ -35,6 +37,8 @@ class RunReport:
             "ok": self.ok,
             "errors": self.errors,
             "loss_coverage_source": self.loss_coverage_source,
+            "rederived": self.rederived,
+            "taken_from_files": self.from_files,
             "blocks": [{"index": b.index, "ok": b.ok, "errors": b.errors} for b in self.blocks],
         }
 

@@ -19,10 +19,19 @@ import torch
 
 from blockcert.arch.loading import load_run_model
 from blockcert.arch.native import NativeModel
-from blockcert.bounds.block import GlobalBound, LocalBound, ball, global_bound, local_bound, segment_cover
+from blockcert.bounds.block import (
+    GlobalBound,
+    LocalBound,
+    ball,
+    global_bound,
+    local_bound,
+    segment_cover,
+    weighted_ball,
+)
 from blockcert.bounds.empirical import jacobian_norm_lower
+from blockcert.bounds.metric import token_weights, weighted_distance
 from blockcert.bounds.norm import radial
-from blockcert.bounds.pointwise import pointwise_ratios
+from blockcert.bounds.trajectory import trajectory_terms
 from blockcert.bounds.weights import prepare_block
 from blockcert.core.exact import decimal_str, to_fraction
 from blockcert.core.interpreter import run_block
@@ -36,6 +45,7 @@ from blockcert.records.bound import (
     BOUND_PLOT,
     BOUND_TABLE,
     FORMAL_KINDS,
+    KIND_DESCRIPTIONS,
     KINDS,
     SOUND_KINDS,
     BlockBound,
@@ -45,9 +55,10 @@ from blockcert.records.bound import (
     KindBound,
     bound_record,
 )
-from blockcert.records.bound_claims import claimed, kind_prefixes, log10, per_prompt_prefixes, violations
+from blockcert.records.bound_claims import claimed, kind_prefixes, log10, measured_prefix, violations
 from blockcert.records.fullmodel import CERTIFICATE_FILE
 from blockcert.store.files import atomic_write_bytes, atomic_write_json, sha256_file
+from blockcert.store.manifest import record_outputs
 from blockcert.store.records_io import write_model_file
 from blockcert.store.run_reader import (
     block_certificate,
@@ -58,9 +69,16 @@ from blockcert.store.run_reader import (
     load_full_certificate,
     load_run_summary,
 )
+from blockcert.surrogates import densify
 
-EXACT_FUNCTION = "the block is the exact real-valued function its IR declares"
-EXACT_NOTE = f"{EXACT_FUNCTION}; float rounding of the center values is covered by a relative margin of 1e-9"
+EXACT_FUNCTION = ("the surrogate B̂_i is the real-valued function its (dense) IR declares; the float32 replay's "
+                  "forward error at the stitched input is bounded a posteriori (enclosure) and added to ε_i, so the "
+                  "theorem's hypotheses hold for the shifted surrogate B̂_i + Δ_i whose value at x̂_i is the replay's")
+CENTER_NOTE = ("float64 rounding of the attention center quantities (probabilities, covariances, rotated queries and "
+               "keys, the mid-block residual) is covered by a relative margin of 1e-9 (not by an enclosure); the "
+               "norm outputs and MLP pre-activations carry their rounding as extra radius")
+EXACT_NOTE = f"{EXACT_FUNCTION}; {CENTER_NOTE}"
+METRIC_BALL = 2.0  # the metric kind's ball: twice the traced-to-stitched distance, so it covers untraced inputs
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,14 @@ class BlockResult:
     d_out_prompts: tuple[float, ...]
     empirical: float
     trajectory: float | None
+    eps_composed: tuple[float, ...]  # per prompt: what every kind composes (trajectory.py)
+    eps_real: tuple[float, ...]
+    replay_error: tuple[float, ...]
+    metric: tuple[float, ...]  # per prompt: L_i from d_i to d_{i+1} on the ball of radius ρ_i
+    metric_weights_in: tuple[tuple[float, ...], ...]
+    metric_radius: tuple[float, ...]
+    eps_metric: tuple[float, ...]
+    d_out_metric: tuple[float, ...]
 
 
 def token_dist(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -170,7 +196,7 @@ class _Source:
                 return run_block(ir, z, valid, positions)
 
             eps = load_certified_prompt_epsilons(self.opts.run_dir, cert)
-            return ir, trace.x_in, trace.x_out, surrogate, eps, cert
+            return densify(ir), trace.x_in, trace.x_out, surrogate, eps, cert  # bounds read the dense form
         native, ctx = self.native, self.ctx
         x_in = self.x0 if x_native is None else x_native
         ir = native.extract_ir(i)
@@ -181,8 +207,44 @@ class _Source:
         return ir, x_in, native_block(x_in), native_block, (0.0,) * int(self.valid.shape[0]), None
 
 
+def _bounded_ir(i: int, ir: BlockIR) -> BlockIR:
+    """The IR the bounds read (already dense: `_Source.block` applies `densify`; the a-posteriori ε and
+    forward-error terms make any rounding of that step part of what is bounded). Only the causal mask is
+    enclosed and bounded."""
+    spec = ir.spec
+    norms = [spec.attn_norm, spec.mlp_norm, spec.post_attn_norm, spec.post_mlp_norm, spec.attention.qk_norm]
+    if spec.attention.qk_norm is not None or spec.post_attn_norm is not None or any(
+            n is not None and n.unit_offset for n in norms):
+        raise BlockCertError(f"block {i}: q/k norms, sandwich norms and (1 + w) RMSNorm (Qwen3, Gemma 3) have no "
+                             "enclosure or Lipschitz rule yet; bounding this family is not supported")
+    if ir.spec.attention.window is not None:
+        raise BlockCertError(f"block {i} attends through a sliding window of {ir.spec.attention.window}: the local "
+                             "and global bounds assume the full causal mask; bounding it is not supported yet")
+    if ir.spec.attention.pattern != "causal":
+        raise BlockCertError(f"block {i}: attention pattern {ir.spec.attention.pattern!r}; the bounds support only "
+                             "the causal pattern")
+    return ir
+
+
+def _metric_block(prep, x, x_hat, terms, y_hat, x_next, w_in, w_out, radius, valid, positions, lengths):
+    """Kind metric for one block, per prompt: L from d_i (weights w_in) to d_{i+1} (w_out) on the ball of radius
+    ρ_p (in d_i) around x_i; the ball must contain x̂_i (it does whenever the composed bound before this block
+    holds, which is checked, so a failure here is a bug)."""
+    d_in = weighted_distance(token_dist(x_hat, x, valid), w_in)
+    lips = []
+    for p, n in enumerate(lengths):
+        if float(d_in[p]) > radius[p]:
+            raise BlockCertError(f"metric kind: the stitched input of prompt {p} is at d_i = {float(d_in[p]):.9g}, "
+                                 f"outside the ball of radius {radius[p]:.9g}: a bug (the composed bound failed)")
+        nb = weighted_ball(x[p, :n], radius[p], w_in[p, :n], w_out[p, :n], positions[p, :n])
+        lips.append(local_bound(prep, [nb]).lipschitz)
+    eps = terms.epsilon(w_out)
+    d_out = weighted_distance(token_dist(y_hat, x_next, valid), w_out)
+    return tuple(lips), tuple(eps.tolist()), tuple(d_out.tolist())
+
+
 def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps_prompts, cert, opts, valid, positions,
-                   lengths):
+                   lengths, w_in, w_out, metric_radius):
     eps = max(eps_prompts)
     with torch.no_grad():
         y_hat, y_nat = surrogate(x_hat), surrogate(x)
@@ -193,6 +255,7 @@ def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps_prompts, cer
             f"block {i}: replaying the surrogate gives ε = {eps_replay:.9g}, its certificate says {eps:.9g}; "
             "run `blockcert verify` on the run"
         )
+    ir = _bounded_ir(i, ir)
     den = tok_in.amax(-1)
     num = token_dist(y_hat, y_nat, valid).amax(-1)
     ratios = [float(n / d) for n, d in zip(num, den, strict=True) if d > 0]
@@ -207,13 +270,19 @@ def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps_prompts, cer
     prep = prepare_block(ir)
     local = local_bound(prep, sets)
     glob = global_bound(prep)
-    pointwise = tuple(pointwise_ratios(ir, x, x_hat, valid, positions).tolist())
+    terms = trajectory_terms(ir, x, x_hat, x_next, y_hat, valid, positions)
+    metric, eps_metric, d_out_metric = _metric_block(prep, x, x_hat, terms, y_hat, x_next, w_in, w_out,
+                                                     metric_radius, valid, positions, lengths)
     emp = jacobian_norm_lower(ir, x, valid, positions, _candidates(local, lengths, opts.empirical_tokens),
                               opts.power_iters) if opts.empirical_tokens > 0 else torch.zeros(1)
     res = BlockResult(
         index=i, stitched=cert is not None, epsilon=eps, d_in=float(den.max()), d_out=max(d_out),
-        radius=radius, local=local, glob=glob, pointwise=pointwise, eps_prompts=tuple(eps_prompts),
+        radius=radius, local=local, glob=glob, pointwise=tuple(terms.ratio.tolist()), eps_prompts=tuple(eps_prompts),
         d_out_prompts=d_out, empirical=float(emp.max()), trajectory=max(ratios) if ratios else None,
+        eps_composed=tuple(terms.epsilon().tolist()), eps_real=tuple((terms.eps_tok.amax(-1)).tolist()),
+        replay_error=tuple(terms.fwd_tok.amax(-1).tolist()), metric=metric,
+        metric_weights_in=tuple(tuple(w_in[p, :n].tolist()) for p, n in enumerate(lengths)),
+        metric_radius=tuple(metric_radius), eps_metric=eps_metric, d_out_metric=d_out_metric,
     )
     return res, y_hat
 
@@ -236,8 +305,14 @@ def analyse_run(opts: BoundOptions) -> tuple[_Source, list[BlockResult]]:
             lengths = _prefix_lengths(valid)
             if x_hat is None:
                 x_hat = x
+            w_in = token_weights(x, valid)
+            # The metric ball: METRIC_BALL times the traced-to-stitched distance in d_i, per prompt (rounded up).
+            metric_radius = (weighted_distance(token_dist(x_hat, x, valid), w_in) * METRIC_BALL
+                             * (1 + 1e-6)).tolist()
+            last = i == src.n_layers - 1
+            w_out = torch.ones_like(w_in) if last else token_weights(x_next, valid)
             res, x_hat = _analyse_block(i, ir, x, x_next, x_hat, surrogate, eps, cert, opts, valid, positions,
-                                        lengths)
+                                        lengths, w_in, w_out, metric_radius)
             results.append(res)
             x_native = x_next
     finally:
@@ -266,17 +341,26 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
         Constant(kind="local", value=r.local.lipschitz, sound=True, assumptions=tuple(local_notes),
                  parts={"k_attn": r.local.k_attn, "k_mlp": r.local.k_mlp,
                         "tokens_refined": float(r.local.tokens_exact)}),
+        Constant(kind="metric", value=max(r.metric), sound=True, per_prompt=r.metric, assumptions=(
+            "per prompt: sup of the Jacobian's operator norm from d_i to d_{i+1} over the ball {Y : d_i(Y, x_i) ≤ ρ_i} "
+            f"(ρ_i = {METRIC_BALL:g} × d_i(x̂_i, x_i), recorded per prompt, so the ball contains x̂_i and every input "
+            "up to twice as far), where d_i(X, Y) = max_t w_{i,t}‖X_t − Y_t‖, "
+            "w_{i,t} = 1/max(‖x_{i,t}‖, median_s ‖x_{i,s}‖) fitted on the traces (recorded), "
+            "and d_L is the max-token distance; composed with ε_i measured in d_{i+1}",
+            "a Lipschitz bound on a stated ball: it holds for every input of that ball, traced or not",
+            EXACT_NOTE)),
         Constant(kind="pointwise", value=max(r.pointwise), sound=True, assumptions=(
-            "upper bound on dist(B̂(x̂_i), B̂(x_i)) / dist(x̂_i, x_i) at this run's traced and stitched inputs, max "
-            "over prompts: exactly the pointwise hypothesis (TrajHyp) of the composition theorem, not a Lipschitz "
-            "constant on any set; 0 where x̂_i = x_i (the hypothesis then holds for every L)",
-            "both points evaluated in float64 midpoint-radius arithmetic with every rounding bounded; torch's "
-            "float64 exp, sqrt and activations assumed accurate to 1e-12 relative",
+            "TRAJECTORY CERTIFICATE: an upper bound on dist(B̂(x̂_i), B̂(x_i)) / dist(x̂_i, x_i) at this run's traced "
+            "and stitched inputs only, max over prompts: exactly the pointwise hypothesis (TrajHyp) of the "
+            "composition theorem for this measured stitched run; not a Lipschitz constant on any set, and it says "
+            "nothing about any input that was not traced; 0 where x̂_i = x_i (the hypothesis then holds for every L)",
+            "both points evaluated in float64 midpoint-radius arithmetic with every rounding bounded (γ_n of each "
+            "sum's own length); torch's float64 exp, sqrt and activations assumed accurate to 1e-12 relative",
             EXACT_FUNCTION)),
         Constant(kind="per_prompt", value=max(r.pointwise), sound=True, per_prompt=r.pointwise, assumptions=(
-            "the pointwise constants of each prompt (`per_prompt`), composed prompt by prompt with that prompt's "
-            "ε (the block's certified metrics file) and maximised over prompts at the end: the theorem holds "
-            "for each prompt on its own, since a block acts on each prompt separately",
+            "TRAJECTORY CERTIFICATE: the pointwise constants of each prompt (`per_prompt`), composed prompt by "
+            "prompt with that prompt's composed ε and maximised over prompts at the end: valid only at the traced "
+            "points of this measured stitched run",
             "the pointwise kind's assumptions")),
         Constant(kind="empirical", value=r.empirical, sound=False, assumptions=(
             "LOWER estimate of the surrogate's Jacobian norm (max-token distance) at the traced inputs, by "
@@ -289,27 +373,27 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
     )
 
 
-def check_sound(prefix: dict[str, list[Fraction]], measured: list[float],
-                per_prompt: list[list[Fraction]] | None = None, measured_prompts: list[tuple[float, ...]] = ()) -> None:
+def check_sound(blocks) -> None:
     """Stop (nothing written) where a sound kind's bound is below the measured deviation after some prefix."""
-    found = violations(prefix, measured, per_prompt, measured_prompts)
+    found = violations(blocks)
     if found:
         raise BlockCertError(f"{found[0]}: a bug or a violated hypothesis (nothing written)")
-    for k, (b, m) in enumerate(zip(prefix["trajectory"], measured, strict=True), start=1):
+    traj = kind_prefixes(blocks)["trajectory"]
+    for k, (b, m) in enumerate(zip(traj, measured_prefix(blocks, "trajectory"), strict=True), start=1):
         if to_fraction(m) > b * (1 + Fraction(1, 10**5)):
             say(f"note: after {k} blocks the trajectory-constant bound {float(b):.6g} is below the measured "
                 f"{m:.6g} (float rounding of the replay; the trajectory kind makes no soundness claim)")
 
 
-def _kind_bound(kind: str, prefix: list[Fraction], measured: float) -> KindBound:
+def _kind_bound(kind: str, prefix: list[Fraction], measured: float, prefix_measured: list[float]) -> KindBound:
     c = claimed(prefix)
     m = to_fraction(measured)
     ratio_q = c / m if m > 0 else None
     lr = log10(ratio_q) if ratio_q is not None else None
     return KindBound(
-        kind=kind, sound=kind in SOUND_KINDS, claimed_bound=decimal_str(c), log10_bound=log10(c),
-        ratio=float(ratio_q) if lr is not None and lr < 300 else None, log10_ratio=lr,
-        prefix_log10_bound=tuple(log10(b) for b in prefix),
+        kind=kind, sound=kind in SOUND_KINDS, description=KIND_DESCRIPTIONS[kind], claimed_bound=decimal_str(c),
+        log10_bound=log10(c), ratio=float(ratio_q) if lr is not None and lr < 300 else None, log10_ratio=lr,
+        prefix_log10_bound=tuple(log10(b) for b in prefix), prefix_measured=tuple(prefix_measured),
     )
 
 
@@ -318,13 +402,17 @@ def build_artifact(src: _Source, results: list[BlockResult], opts: BoundOptions,
     blocks = tuple(
         BlockBound(index=r.index, stitched=r.stitched, epsilon=r.epsilon, input_deviation=r.d_in,
                    output_deviation=r.d_out, radius=r.radius, epsilon_per_prompt=r.eps_prompts,
-                   output_deviation_per_prompt=r.d_out_prompts, constants=_constants(r, opts))
+                   output_deviation_per_prompt=r.d_out_prompts, epsilon_composed=max(r.eps_composed),
+                   epsilon_composed_per_prompt=r.eps_composed, epsilon_real_per_prompt=r.eps_real,
+                   replay_error_per_prompt=r.replay_error, metric_weights_in=r.metric_weights_in,
+                   metric_radius_per_prompt=r.metric_radius, epsilon_metric_per_prompt=r.eps_metric,
+                   output_deviation_metric_per_prompt=r.d_out_metric, constants=_constants(r, opts))
         for r in results
     )
     measured = [b.output_deviation for b in blocks]
     prefix = kind_prefixes(blocks)
-    check_sound(prefix, measured, per_prompt_prefixes(blocks), [b.output_deviation_per_prompt for b in blocks])
-    kinds = {k: _kind_bound(k, prefix[k], measured[-1]) for k in KINDS}
+    check_sound(blocks)
+    kinds = {k: _kind_bound(k, prefix[k], measured[-1], measured_prefix(blocks, k)) for k in KINDS}
     formal = min(FORMAL_KINDS, key=lambda k: prefix[k][-1])
     digests = {str(e.index): e.digest for e in src.summary.blocks}
     return BoundArtifact(
@@ -378,4 +466,6 @@ def run_bound(opts: BoundOptions, plot: bool = True) -> tuple[BoundArtifact, str
     atomic_write_bytes(opts.run_dir / BOUND_TABLE, table.encode("utf-8"))
     if plot:
         draw(art, opts.run_dir / BOUND_PLOT)
+    # the manifest lists every file: the bound, its table and plot, and the re-sealed full-model certificate
+    record_outputs(opts.run_dir, [BOUND_FILE, BOUND_TABLE, BOUND_PLOT, CERTIFICATE_FILE])
     return art, table

@@ -14,6 +14,7 @@ from blockcert.formal.mirror import FORMAL_FILE, FormalRun, check
 from blockcert.store.files import atomic_write_bytes
 from blockcert.store.formal_inputs import FormalBuild, build_formal
 from blockcert.store.formal_json import write_formal
+from blockcert.store.manifest import record_outputs
 
 # The BlockCert Lean project of an editable install: python/blockcert/workflows/lean.py → the repository.
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -30,15 +31,19 @@ def lean_root_or_default(lean_root: Path | None) -> Path:
 
 
 def _refuse_other_runs_module(target: Path, data: bytes) -> None:
-    """Two runs whose names map to one module name must not overwrite each other's module silently."""
-    if not target.is_file():
+    """Never overwrite another run's module silently. The name carries the run id, so a module already
+    there under this name is this run's; it is replaced only if it still declares this module's namespace
+    (an older rendering of the same run), never if it is some other file that happens to have the name."""
+    if not target.exists():
         return
-    with open(target, "rb") as f:
-        first = f.readline()
-    if first != data.split(b"\n", 1)[0] + b"\n":
-        head = first.decode("utf-8", "replace").strip()
+    if target.is_symlink() or not target.is_file():
+        raise BlockCertError(f"{target} exists and is not a regular file; remove it")
+    old = target.read_bytes()
+    ns = next((ln for ln in data.split(b"\n") if ln.startswith(b"namespace ")), b"")
+    if old != data and ns not in old.split(b"\n"):
+        head = old.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
         raise BlockCertError(
-            f"{target} exists and is not this run's module (it starts {head!r}); rename the run directory or remove it"
+            f"{target} exists and is not this run's module (it starts {head!r}); remove it or rename the run"
         )
 
 
@@ -62,7 +67,7 @@ def run_package_lakefile(name: str, lean_root: Path, package_dir: Path) -> str:
 
 def _write(run_dir: Path, root: Path, into_project: bool) -> tuple[FormalBuild, Path]:
     built = build_formal(run_dir)
-    name = module_name(built.run.name)
+    name = module_name(built.run.name, built.run_id)
     data = render_module(built.run, name).encode("utf-8")
     local = run_dir / f"{name}.lean"
     if into_project:
@@ -77,6 +82,8 @@ def _write(run_dir: Path, root: Path, into_project: bool) -> tuple[FormalBuild, 
     atomic_write_bytes(local, data)
     info = {**built.info, "lean_module": module, "lean_file": f"{name}.lean"}
     write_formal(run_dir / FORMAL_FILE, built.run, info)
+    written = [FORMAL_FILE, local.name] + ([] if into_project else ["lakefile.lean", "lean-toolchain"])
+    record_outputs(run_dir, written)  # the manifest lists every file, the module and formal record included
     return built, target
 
 

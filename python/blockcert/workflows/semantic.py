@@ -33,6 +33,7 @@ from blockcert.records.fullmodel import (
 )
 from blockcert.records.semantic import LABELLING, SemanticEvaluation, semantic_metrics
 from blockcert.store.files import atomic_write_json, sha256_file
+from blockcert.store.manifest import record_outputs
 from blockcert.store.probe import load_probe
 from blockcert.store.records_io import write_model_file
 from blockcert.store.run_reader import (
@@ -93,4 +94,5 @@ def run_semantic(
     )
     cert = cert.model_copy(update={"semantic": record}).sealed()
     write_model_file(run_dir / CERTIFICATE_FILE, cert)
+    record_outputs(run_dir, [SEMANTIC_FILE, CERTIFICATE_FILE])  # the manifest lists every file
     return SemanticResult(evaluation, cert)

@@ -35,6 +35,7 @@ from blockcert.present.markdown import markdown_table
 from blockcert.present.progress import say, track
 from blockcert.records.certificate import BlockCertificate, ModelInfo, PromptInfo
 from blockcert.store.files import atomic_write_json
+from blockcert.store.manifest import record_if_run
 from blockcert.store.prompts import load_prompts, prompt_info
 from blockcert.store.run_reader import (
     block_certificate,
@@ -326,3 +327,4 @@ def default_shift_name(prompts: str) -> str:
 
 def write_report(path: Path, report: BaseModel) -> None:
     atomic_write_json(path, report.model_dump(mode="json"))
+    record_if_run(path)  # a report inside a run directory is listed in its manifest

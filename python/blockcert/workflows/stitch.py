@@ -29,6 +29,7 @@ from blockcert.records.fullmodel import (
 )
 from blockcert.store import layout
 from blockcert.store.files import atomic_write_json, sha256_file
+from blockcert.store.manifest import record_outputs
 from blockcert.store.records_io import write_model_file
 from blockcert.store.run_reader import (
     block_certificate,
@@ -110,4 +111,5 @@ def run_stitch(opts: StitchOptions) -> StitchResult:
         reasons=tuple(reasons),
     ).sealed()
     write_model_file(run_dir / CERTIFICATE_FILE, cert)
+    record_outputs(run_dir, [EVALUATION_FILE, CERTIFICATE_FILE, SEMANTIC_FILE])  # the manifest lists every file
     return StitchResult(evaluation, cert)
