@@ -18,7 +18,7 @@ import torch
 from blockcert.arch.base import copy_tensor, register
 from blockcert.arch.families import layer_window
 from blockcert.arch.llama import LlamaAdapter
-from blockcert.core.ir import ROPE_TABLE_MAX, BlockIR, BlockSpec, MlpSpec, NormSpec, Op
+from blockcert.core.ir import BlockIR, BlockSpec, MlpSpec, NormSpec, Op
 from blockcert.errors import BlockCertError
 
 SANDWICH = (
@@ -58,14 +58,10 @@ class Gemma3Adapter(LlamaAdapter):
             "attn.k_norm.weight": copy_tensor(layer.self_attn.k_norm.weight),
         }
 
-    def rope_tables(self, native, layer) -> dict[str, torch.Tensor]:
-        cfg = native.lm.config
-        n_pos = min(ROPE_TABLE_MAX, native.lm.max_positions)
-        pos = torch.arange(n_pos, device=native.device)[None]
-        probe = torch.zeros(1, 1, cfg.hidden_size, dtype=native.dtype, device=native.device)
-        layer_type = cfg.layer_types[layer.self_attn.layer_idx]  # local and global layers: own rotary bases
-        cos, sin = native.lm.model.model.rotary_emb(probe, pos, layer_type)
-        return {"rope.cos": copy_tensor(cos[0]), "rope.sin": copy_tensor(sin[0])}
+    def rotary(self, native, layer, probe, pos):
+        # Local and global layers have their own rotary bases: the layer's type picks the table.
+        layer_type = native.lm.config.layer_types[layer.self_attn.layer_idx]
+        return native.lm.model.model.rotary_emb(probe, pos, layer_type)
 
     def attention_spec(self, cfg, layer, index, ts):
         return super().attention_spec(cfg, layer, index, ts).model_copy(

@@ -38,11 +38,15 @@ class LlamaAdapter(ArchAdapter):
         # HF's LlamaRMSNorm upcasts to float32 whatever the model dtype; the IR declares it.
         return NormSpec(kind="rms", eps=float(config.rms_norm_eps), compute_dtype="float32")
 
+    def rotary(self, native, layer, probe: torch.Tensor, pos: torch.Tensor):
+        """(cos, sin) of the model's own rotary module at positions `pos` (one table for every layer)."""
+        return native.lm.model.model.rotary_emb(probe, pos)
+
     def rope_tables(self, native, layer) -> dict[str, torch.Tensor]:
         n_pos = min(ROPE_TABLE_MAX, native.lm.max_positions)
         pos = torch.arange(n_pos, device=native.device)[None]
         probe = torch.zeros(1, 1, native.lm.config.hidden_size, dtype=native.dtype, device=native.device)
-        cos, sin = native.lm.model.model.rotary_emb(probe, pos)
+        cos, sin = self.rotary(native, layer, probe, pos)
         return {"rope.cos": copy_tensor(cos[0]), "rope.sin": copy_tensor(sin[0])}
 
     def linear_tensors(self, layer) -> dict[str, torch.Tensor]:
