@@ -25,10 +25,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in __all__:
+    if name in __all__ or name == "api":
         from blockcert import api  # deferred: the API imports torch and transformers
 
-        return getattr(api, name)
+        return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'blockcert' has no attribute {name!r}")
 
 
