@@ -4,6 +4,8 @@ The public API lives in `blockcert.api` and is re-exported here; it is imported 
 `import blockcert.core.interpreter` (the replay of a stored surrogate) never pulls in transformers.
 """
 
+import importlib
+
 from blockcert.version import INTERPRETER_VERSION, __version__
 
 __all__ = [
@@ -26,8 +28,9 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in __all__ or name == "api":
-        from blockcert import api  # deferred: the API imports torch and transformers
-
+        # Deferred (the API imports torch and transformers), and by module path: `from blockcert import api`
+        # would ask this very function for `api` again while importing it.
+        api = importlib.import_module("blockcert.api")
         return api if name == "api" else getattr(api, name)
     raise AttributeError(f"module 'blockcert' has no attribute {name!r}")
 
