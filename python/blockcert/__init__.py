@@ -6,24 +6,9 @@ The public API lives in `blockcert.api` and is re-exported here; it is imported 
 
 import importlib
 
-from blockcert.version import INTERPRETER_VERSION, __version__
+from blockcert.version import API_NAMES, INTERPRETER_VERSION, __version__
 
-__all__ = [
-    "INTERPRETER_VERSION",
-    "Model",
-    "Report",
-    "Run",
-    "__version__",
-    "bound",
-    "extract",
-    "lean_module",
-    "load_model",
-    "load_run",
-    "stitch",
-    "to_formal",
-    "verify",
-    "wrap",
-]
+__all__ = ["INTERPRETER_VERSION", "__version__", *API_NAMES]
 
 
 def __getattr__(name: str):

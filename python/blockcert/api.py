@@ -31,6 +31,7 @@ from blockcert.store.prompts import PromptSet, load_prompts, prompt_set
 from blockcert.surrogates import parse_kind
 from blockcert.verifier.report import RunReport
 from blockcert.verifier.run import verify_run
+from blockcert.version import API_NAMES
 from blockcert.workflows.bound import BoundOptions, run_bound
 from blockcert.workflows.executor import Executor
 from blockcert.workflows.extract import extract_run
@@ -41,20 +42,7 @@ from blockcert.workflows.stitch import StitchOptions, StitchResult, run_stitch
 Model = LoadedModel
 Report = RunReport
 
-__all__ = [
-    "Model",
-    "Report",
-    "Run",
-    "bound",
-    "extract",
-    "lean_module",
-    "load_model",
-    "load_run",
-    "stitch",
-    "to_formal",
-    "verify",
-    "wrap",
-]
+__all__ = list(API_NAMES)
 
 
 def load_model(spec: str, dtype: str = "float32", device: str = "cpu", streaming: bool = False) -> Model:
