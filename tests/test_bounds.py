@@ -810,3 +810,56 @@ def test_bound_artifact_is_checked_when_read(cli, bf16_copy):
     (run / BOUND_FILE).write_text(json.dumps(data))
     with pytest.raises(BlockCertError, match="digest"):
         load_bound_artifact(run)
+
+
+def test_bound_kinds_selection_computes_only_those_and_agrees_with_the_full_run(cli, bf16_copy, toy_models):
+    """`--kinds` leaves out the costly kinds: the kinds computed are exactly the ones asked for, their numbers are
+    those of a full run bit for bit, verify re-derives them (also --deep), and a file whose kind list was forged
+    (re-sealed, hashes consistent) is refused."""
+    from blockcert.verifier.run import verify_run
+
+    full, part = bf16_copy("llama-gqa"), bf16_copy("gpt2").parent / "llama-gqa-kinds"
+    shutil.copytree(full, part)
+    assert cli("bound", full, "--empirical-tokens", "0", "--no-plot").code == 0
+    r = cli("bound", part, "--kinds", "per_prompt,pointwise,trajectory", "--no-plot")
+    assert r.code == 0, r.err
+    a, b = _load(full), _load(part)
+    assert b.kinds == ("pointwise", "per_prompt", "trajectory") and b.formal_kind == "pointwise"
+    assert set(b.claimed_bound) == set(b.kinds) and [kb.kind for kb in b.bounds] == list(b.kinds)
+    for ba, bb in zip(a.blocks, b.blocks, strict=True):
+        assert [c.kind for c in bb.constants] == list(b.kinds) and bb.epsilon_metric_per_prompt == ()
+        assert {c.kind: c for c in ba.constants if c.kind in b.kinds} == {c.kind: c for c in bb.constants}
+        assert bb.epsilon_composed_per_prompt == ba.epsilon_composed_per_prompt
+    assert {k: a.claimed_bound[k] for k in b.kinds} == b.claimed_bound
+    assert "—" in (part / BOUND_TABLE).read_text()
+    assert verify_run(part).ok and verify_run(part, deep=True).ok
+
+    data = json.loads((part / BOUND_FILE).read_text())
+    data["kinds"] = ["pointwise", "trajectory"]  # claims per_prompt was not computed, while it is carried
+    (part / BOUND_FILE).write_text(BoundArtifact.model_validate(data).sealed().model_dump_json())
+    from blockcert.store.manifest import record_outputs
+    record_outputs(part, [BOUND_FILE])
+    lines = "\n".join(verify_run(part).lines())
+    assert "not exactly the kinds" in lines
+
+
+@pytest.mark.parametrize(
+    ("kinds", "message"),
+    [
+        ("pointwise,lokal", "unknown kind 'lokal'"),
+        ("per_prompt,trajectory", "per_prompt needs pointwise"),
+        ("local,empirical", None),
+        ("empirical,pointwise", "empirical needs local"),
+        ("trajectory,metric", "include at least one of global, local, pointwise"),
+        ("", "(none given)"),
+    ],
+)
+def test_bound_bad_kinds_fail_with_one_line(cli, bf16_copy, kinds, message):
+    run = bf16_copy("llama-gqa")
+    r = cli("bound", run, "--kinds", kinds, "--no-plot", "--power-iters", "2")
+    if message is None:
+        assert r.code == 0, r.err
+        assert _load(run).kinds == ("local", "empirical") and _load(run).formal_kind == "local"
+        return
+    assert r.code == 1 and len(error_lines(r.err)) == 1 and message in r.err, r.err
+    assert not (run / BOUND_FILE).exists()

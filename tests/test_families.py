@@ -78,10 +78,17 @@ def test_gemma3_declares_its_sandwich_norms_window_and_qk_norm(family_models):
     assert run.certificates[0].metrics.cov_path == 1.0  # and the IR's declared mask is the native one
 
 
-def test_windowed_and_gemma_blocks_are_refused_by_the_bounds_with_one_line(family_models, tmp_path, cli):
+def test_gemma_blocks_get_trajectory_bounds_and_the_set_kinds_refuse_with_one_line(family_models, tmp_path, cli):
+    """The Lipschitz (set) kinds have no rule for q/k norms, (1 + w) sandwich norms or windows: one line that
+    names the kinds that do work; those (the trajectory certificates) then bound the run and verify."""
     run = blockcert.extract(str(family_models["gemma3-window"]), "default", surrogate="bf16", out=tmp_path / "g")
     res = cli("bound", run.path, "--model", str(family_models["gemma3-window"]))
-    assert res.code != 0 and "not supported" in res.err and "Traceback" not in res.err
+    assert res.code != 0 and "--kinds pointwise,per_prompt,trajectory" in res.err and "Traceback" not in res.err
+    assert len([line for line in res.err.splitlines() if line.strip()]) == 1
+    res = cli("bound", run.path, "--model", str(family_models["gemma3-window"]), "--kinds",
+              "pointwise,per_prompt,trajectory", "--no-plot")
+    assert res.code == 0, res.err
+    assert blockcert.verify(run.path)
 
 
 @pytest.mark.parametrize("variant", list(FAMILIES))

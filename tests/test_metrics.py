@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from blockcert.core.metrics import Thresholds, block_metrics, exact_sum, row_norms
 from blockcert.present.tables import block_table, render_text
 from blockcert.records.summary import RunSummary
+from blockcert.store.run_reader import block_certificate
 
 
 def _case(seed: int, p: int = 5, t: int = 7):
@@ -67,4 +68,19 @@ def test_block_table_fits_80_columns_without_cutting_a_number(toy_run):
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text
     for shown in ("1.23e-05", "9.88e-07", "3.33e-10"):
+        assert text.count(shown) == len(summary.blocks)
+
+
+def test_sized_block_table_fits_80_columns_without_cutting_a_number(toy_run):
+    """`blockcert show` / the demo print the table with each surrogate's kind and size: the last column (cov_loss)
+    must not be cropped at 80 columns (it was, with a fixed width for the kind)."""
+    summary = RunSummary.model_validate_json((toy_run / "summary.json").read_text())
+    certs = {e.index: block_certificate(toy_run, summary, e.index) for e in summary.blocks}
+    worst = summary.model_copy(update={"blocks": tuple(
+        b.model_copy(update={"epsilon": 1.2345678e-05, "mae": 9.87654e-07, "cov_loss": 0.98765})
+        for b in summary.blocks)})
+    text = render_text(block_table(worst, certs), width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    for shown in ("1.23e-05", "9.88e-07", "0.9877"):
         assert text.count(shown) == len(summary.blocks)

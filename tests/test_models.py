@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 from blockcert.arch.loading import BUNDLED_NAME, load_model
@@ -49,6 +50,14 @@ def test_demo_certifies_the_seven_blocks_and_verifies(cli, tmp_path):
     assert (tmp_path / "demo" / "report.html").is_file() and "report: " in res.out
     show = cli("show", tmp_path / "demo")
     assert show.code == 0 and "cov_act" in show.out
+    # the sound bounds the summary states: computed by default, at least the measured deviation, recorded
+    bound = json.loads((tmp_path / "demo" / "bound.json").read_text())
+    assert bound["kinds"] == ["global", "pointwise", "per_prompt", "trajectory"]
+    assert Fraction(bound["claimed_bound"]["per_prompt"]) >= Fraction(str(bound["measured_deviation"])) > 0
+    assert "global bound, per_prompt: " in res.out
+    # the run directory, report and Lean module included, still verifies afterwards
+    again = cli("verify", tmp_path / "demo")
+    assert again.code == 0, again.err
 
 
 def test_bundled_gemma3_loads_offline_and_replays_exactly():

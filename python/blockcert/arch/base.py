@@ -84,4 +84,10 @@ def activation_name(config) -> str:
 
 
 def copy_tensor(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().clone().contiguous()
+    """A model tensor for an IR. A whole contiguous tensor (a parameter) is shared, not copied: nothing
+    writes an IR's tensors or a loaded model's weights in place, and an exact-copy IR would otherwise hold
+    a second copy of its block's weights. A view (a slice of a fused weight, a transpose) is copied out, so
+    no two IR tensors share storage."""
+    x = x.detach()
+    whole = x.storage_offset() == 0 and x.untyped_storage().nbytes() == x.numel() * x.element_size()
+    return x if whole and x.is_contiguous() else x.clone().contiguous()

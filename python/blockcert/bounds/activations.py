@@ -10,6 +10,12 @@ error δ in their location changes the value there by O(δ²). Every range is wi
 torch's float64 sigmoid / erf / tanh / exp are accurate to a few ulp, and the products and sums around
 them (x·σ(x), 1 + erf(x/√2), ...) add errors of a few ulp of |x| and of the value. An absolute slack alone
 is not enough: at |x| ≈ 9·10³ one ulp of x is already 1.8e-12.
+
+The real function of "gelu_pytorch_tanh" (Gemma 3's gated MLP, GPT-2's "gelu_new" is the same formula) is
+0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) with the exact constants; torch uses their float64 roundings,
+which moves φ by at most ~0.25·u·|x| (|∂φ/∂β·β| ≤ 0.5|x|·max_z z·sech²z ≤ 0.25|x| for the √(2/π) factor β,
+less for 0.044715): inside the slack. The shape above holds for it too (tests/test_bounds.py on a grid,
+tests/test_bounds_families.py against mpmath around its minimiser a ≈ −0.75 and in the tails).
 """
 
 from __future__ import annotations

@@ -13,9 +13,17 @@ operation adds its own worst-case float64 rounding to the radius (γ_n = nu/(1 �
 product, Higham Thm 3.1), and every nonlinearity maps enclosures to enclosures by a range argument
 (norm layers through their Jacobian bound on a ball, softmax through monotonicity in each score, the
 MLP activation through its exact range on an interval, activations.py). Starting from the exact
-float32 inputs (radius 0) the radii stay near 1e-12 relative, so the bound is the measured ratio up to
-that. The numerator is then ‖mid_a − mid_b‖ + ‖rad_a + rad_b‖ per token, the denominator the float64
-distance of the (exactly representable) inputs rounded down.
+float32 inputs (radius 0) the radii start at the 1e-12 allowances below and grow by |W|·rad at each linear
+map and ~2× at each norm layer: 4e-9 of a token's scale on the toy Llama-like blocks, 3.5e-7 on the toy
+Gemma 3 block (six norm layers on its path), so the bound is the measured ratio up to that. The numerator
+is then ‖mid_a − mid_b‖ + ‖rad_a + rad_b‖ per token, the denominator the float64 distance of the (exactly
+representable) inputs rounded down.
+
+Every IR feature the interpreter has is enclosed where the interpreter applies it, by walking the same op
+sequence (`core.ops.walk`): the declared mask (pattern and sliding window: the interpreter's own
+`attention_mask`, a discrete constant), q/k norms per head before RoPE, (1 + w) RMSNorm gains (`gain`),
+sandwich norms (ops named post_attn_norm / post_mlp_norm), the declared score scale, biases wherever stored,
+the block's own rotary tables, GQA and pruned-head KV maps, and every MLP activation of activations.py.
 
 Assumptions (recorded with the constant): the block is the exact real function its IR declares (its
 float32 rounding, like that of the local kind, is inside ε_i and the measured deviation); torch's float64
@@ -34,6 +42,7 @@ from blockcert.bounds.spectral import gamma
 from blockcert.core.interpreter import attention_mask, rotate_half
 from blockcert.core.ir import BlockIR, NormSpec
 from blockcert.core.ops import walk
+from blockcert.errors import BlockCertError
 
 F64 = torch.float64
 _U = 2.0**-53
@@ -140,9 +149,33 @@ def normalise(spec: NormSpec, x: Enclosure) -> Enclosure:
     return Enclosure(n, _up(moved * _NUDGE + (_g(d + 6) + _FN) * n.abs()))
 
 
+def gain(spec: NormSpec, ts: dict, name: str) -> Enclosure:
+    """The norm layer's gain as the IR declares it, as an exact real number: w, or 1 + w (`unit_offset`, RMS only,
+    exactly where the interpreter's `_norm` applies it; its LayerNorm branch ignores the flag).
+
+    The choice: the certified function uses the *real* 1 + w. The interpreter forms 1 + w in the compute dtype
+    (float32 for Gemma's declared float32 RMSNorm, so a random w ≈ 0.1 loses ~4 of its bits there); that
+    rounding belongs to the float replay fl B̂, and the a-posteriori forward-error term (trajectory.py) bounds
+    the replay against this real function, so it is covered there and is not modelled here. In float64, 1 + w
+    is exact for a float32 w with 2⁻²⁹ ≤ |w| < 2⁵¹; in general its error is recovered exactly by TwoSum (Knuth,
+    round-to-nearest, no overflow: six float64 additions, no products), and goes into the radius.
+    """
+    w = ts[f"{name}.weight"].to(F64)
+    if not (spec.unit_offset and spec.kind == "rms"):
+        return Enclosure(w, torch.zeros_like(w))
+    one = torch.ones_like(w)
+    s = one + w
+    back = s - one
+    err = (one - (s - back)) + (w - back)  # exactly (1 + w) − fl(1 + w)
+    return Enclosure(s, err.abs())
+
+
 def norm_layer(spec: NormSpec, ts: dict, name: str, x: Enclosure) -> Enclosure:
-    h = scale(normalise(spec, x), ts[f"{name}.weight"])
-    bias = ts.get(f"{name}.bias")
+    """gain ⊙ n(x) + bias over the last axis: the block's norms, Gemma's sandwich norms (post_attn_norm,
+    post_mlp_norm: the same rule on a sublayer's output, named by the op sequence) and the q/k norms (per head,
+    over the head dimension)."""
+    h = mul(normalise(spec, x), gain(spec, ts, name))  # with a radius-0 gain this is `scale`, bit for bit
+    bias = ts.get(f"{name}.bias") if spec.kind == "layer" else None  # the interpreter's RMS branch has no bias
     return h if bias is None else add(h, Enclosure.point(bias.expand_as(h.mid)))
 
 
@@ -175,6 +208,15 @@ def rope(x: Enclosure, cos: torch.Tensor, sin: torch.Tensor) -> Enclosure:
     return Enclosure(a + b, _up(rad))
 
 
+def _weight(ts: dict, name: str) -> torch.Tensor:
+    """The dense weight of linear map `name`; the enclosures read the densified IR (surrogates.densify)."""
+    w = ts.get(f"{name}.weight")
+    if w is None:
+        raise BlockCertError(f"the enclosure needs a dense IR: {name!r} is stored as factors or int8 "
+                             "(densify it first)")
+    return w
+
+
 def _heads(x: Enclosure, n: int, hd: int) -> Enclosure:
     def f(t: torch.Tensor) -> torch.Tensor:
         p, s, _ = t.shape
@@ -190,15 +232,26 @@ def _repeat(x: Enclosure, groups: int) -> Enclosure:
 def attention(ir: BlockIR, h: Enclosure, mask: torch.Tensor, positions: torch.Tensor) -> Enclosure:
     spec, ts = ir.spec.attention, ir.tensors
     n, n_kv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
-    q = _heads(linear(h, ts["attn.q.weight"], ts.get("attn.q.bias")), n, hd)
-    k = _heads(linear(h, ts["attn.k.weight"], ts.get("attn.k.bias")), n_kv, hd)
-    v = _heads(linear(h, ts["attn.v.weight"], ts.get("attn.v.bias")), n_kv, hd)
-    if spec.rope:
+    # Biases wherever the IR stores them (Qwen2: on q, k, v and not on o), exactly as the interpreter's `_linear`.
+    q = _heads(linear(h, _weight(ts, "attn.q"), ts.get("attn.q.bias")), n, hd)
+    k = _heads(linear(h, _weight(ts, "attn.k"), ts.get("attn.k.bias")), n_kv, hd)
+    v = _heads(linear(h, _weight(ts, "attn.v"), ts.get("attn.v.bias")), n_kv, hd)
+    if spec.qk_norm is not None:  # Qwen3 / Gemma 3: per head over the head dimension, before RoPE (as interpreted)
+        q = norm_layer(spec.qk_norm, ts, "attn.q_norm", q)
+        k = norm_layer(spec.qk_norm, ts, "attn.k_norm", k)
+    if spec.rope:  # the block's own tables: a per-layer rotary base (Gemma 3 local / global) is already in them
         cos = ts["rope.cos"].to(F64)[positions][:, None]
         sin = ts["rope.sin"].to(F64)[positions][:, None]
         q, k = rope(q, cos, sin), rope(k, cos, sin)
-    k, v = _repeat(k, n // n_kv), _repeat(v, n // n_kv)
+    if spec.heads is not None:  # pruned: the IR says which stored KV head each kept query head reads
+        index = torch.tensor(spec.heads.kv_of_head, dtype=torch.long)
+        k = Enclosure(k.mid.index_select(1, index), k.rad.index_select(1, index))
+        v = Enclosure(v.mid.index_select(1, index), v.rad.index_select(1, index))
+    else:
+        k, v = _repeat(k, n // n_kv), _repeat(v, n // n_kv)
     raw = matmul(q, Enclosure(k.mid.transpose(2, 3), k.rad.transpose(2, 3)))
+    # The score scale is the IR's float `scaling` (Gemma 3: query_pre_attn_scalar^-1/2, Llama: head_dim^-1/2),
+    # taken as the exact real number that float is; the replay's float32 rounding of it is forward error.
     sc = float(spec.scaling)
     scores = Enclosure(raw.mid * sc, _up(raw.rad * abs(sc) + _U * (raw.mid * sc).abs()))
     probs = softmax(scores, mask[:, None])
@@ -208,7 +261,7 @@ def attention(ir: BlockIR, h: Enclosure, mask: torch.Tensor, positions: torch.Te
     def merge(x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(p, t, n * hd)
 
-    return linear(Enclosure(merge(o.mid), merge(o.rad)), ts["attn.o.weight"], ts.get("attn.o.bias"))
+    return linear(Enclosure(merge(o.mid), merge(o.rad)), _weight(ts, "attn.o"), ts.get("attn.o.bias"))
 
 
 def activation(name: str, x: Enclosure) -> Enclosure:
@@ -218,12 +271,12 @@ def activation(name: str, x: Enclosure) -> Enclosure:
 
 def mlp(ir: BlockIR, h: Enclosure) -> Enclosure:
     spec, ts = ir.spec.mlp, ir.tensors
-    up = linear(h, ts["mlp.up.weight"], ts.get("mlp.up.bias"))
-    if spec.kind == "gated":
-        mid = mul(activation(spec.activation, linear(h, ts["mlp.gate.weight"], ts.get("mlp.gate.bias"))), up)
+    up = linear(h, _weight(ts, "mlp.up"), ts.get("mlp.up.bias"))
+    if spec.kind == "gated":  # Gemma 3: gelu_pytorch_tanh(gate) ⊙ up; its range rule is in activations.py
+        mid = mul(activation(spec.activation, linear(h, _weight(ts, "mlp.gate"), ts.get("mlp.gate.bias"))), up)
     else:
         mid = activation(spec.activation, up)
-    return linear(mid, ts["mlp.down.weight"], ts.get("mlp.down.bias"))
+    return linear(mid, _weight(ts, "mlp.down"), ts.get("mlp.down.bias"))
 
 
 # The enclosure of each op the registry (core/ops.py) knows, walked by the same `walk` as the interpreter.
@@ -236,6 +289,10 @@ ENCLOSURES = {
 
 def run_block_enclosed(ir: BlockIR, x: Enclosure, valid: torch.Tensor, positions: torch.Tensor) -> Enclosure:
     """The block on every input in x ([P, T, d]), enclosed: the interpreter's op sequence, in mid ± rad."""
+    # The mask is a discrete constant of the block, not a value to enclose: it is the interpreter's own
+    # `attention_mask` (the declared pattern, causal or inverted, narrowed by the sliding window if any, and by
+    # key validity), so the enclosure cannot disagree with the replay about which keys a query sees. Masked
+    # keys get probability exactly 0 (softmax below), as their additive finfo.min gives in the interpreter.
     mask = attention_mask(ir.spec.attention, valid)
 
     def bind(rule):

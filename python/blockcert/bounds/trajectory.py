@@ -15,6 +15,11 @@ the exact value, so they hold for any summation order and thread count of the re
 pointwise hypothesis exactly: S_i(x̂_i) = x̂_{i+1} is the replay's own trajectory; dist(S_i x̂_i, S_i x_i) =
 dist(B̂_i x̂_i, B̂_i x_i) (a shift cancels in any translation-invariant distance), so any L_i that bounds B̂_i's
 ratio or Lipschitz constant bounds S_i's; and dist(S_i(x_i), x_{i+1}) ≤ max_t (eps_t + fwd_t) =: ε_i.
+
+The terms need nothing of the block but its enclosure (pointwise.run_block_enclosed), which encloses every op
+and IR feature the interpreter has (sliding windows, q/k and sandwich norms, (1 + w) gains, ...): so they are
+sound for every family the interpreter replays. Whatever the float32 replay rounds that the real function does
+not (Gemma's float32 1 + w, the float32 score scale, float32 softmax) is inside fwd_t by construction.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`blockcert bound RUN_DIR`: Lipschitz constants of every kind and the instantiated global bound.
 
-The workflow (workflows/bound.py) writes RUN_DIR/bound.json (schema blockcert.bound/1), bound.md (the
+The workflow (workflows/bound.py) writes RUN_DIR/bound.json (schema blockcert.bound/2), bound.md (the
 Markdown tables, also printed on stdout) and bound_ratio.png; progress goes to stderr. Fails (one line,
 exit 1) on bad input, and when a measured deviation exceeds a bound that claims to be sound.
 """
@@ -14,7 +14,7 @@ import typer
 
 from blockcert.cli.app import app
 from blockcert.present.progress import say
-from blockcert.records.bound import BOUND_FILE
+from blockcert.records.bound import BOUND_FILE, KINDS
 from blockcert.workflows.bound import BoundOptions, run_bound
 
 RadiusOpt = Annotated[
@@ -33,6 +33,10 @@ EmpiricalOpt = Annotated[
 ItersOpt = Annotated[int, typer.Option("--power-iters", help="power iterations of the empirical estimate")]
 PiecesOpt = Annotated[int, typer.Option("--pieces", help="boxes covering each traced-to-stitched segment")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="torch threads (mostly small operations: 1 is fastest)")]
+KindsOpt = Annotated[
+    str, typer.Option("--kinds", help="comma-separated kinds to compute (global, local, metric, pointwise, "
+                                      "per_prompt, empirical, trajectory); local and metric are ~95 % of the time")
+]
 PlotOpt = Annotated[bool, typer.Option("--plot/--no-plot", help="write bound_ratio.png")]
 
 
@@ -46,10 +50,12 @@ def bound(
     pieces: PiecesOpt = 8,
     threads: ThreadsOpt = 1,
     plot: PlotOpt = True,
+    kinds: KindsOpt = ",".join(KINDS),
 ) -> None:
     """Bound every block (sound global, local and pointwise constants; empirical; trajectory); compose them."""
 
-    opts = BoundOptions(run_dir, radius, model, empirical_tokens, power_iters, threads, pieces)
+    opts = BoundOptions(run_dir, radius, model, empirical_tokens, power_iters, threads, pieces,
+                        tuple(k.strip() for k in kinds.split(",") if k.strip()))
     _art, table = run_bound(opts, plot)
     print(table, end="")
     say(f"wrote {run_dir / BOUND_FILE}")

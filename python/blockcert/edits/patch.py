@@ -172,7 +172,10 @@ def swap(ir: BlockIR, source: BlockIR, part: str, block: int, source_index: int)
     dtype = ir.tensors["attn_norm.weight"].dtype
     if any(v.is_floating_point() and v.dtype != dtype for v in theirs.values()):
         raise BlockCertError(f"patch: block {source_index}'s {part} tensors are not in block {block}'s dtype {dtype}")
-    spec = a.model_copy(update={part: getattr(b, part)})
+    # The part's declaration is its spec and the stored form of each of its linear maps (dense, low rank, int8).
+    linears = {**{k: f for k, f in a.linears.items() if not k.startswith(prefixes)},
+               **{k: f for k, f in b.linears.items() if k.startswith(prefixes)}}
+    spec = a.model_copy(update={part: getattr(b, part), "linears": linears})
     # The certified key order is kept (then the source's new names), so a swap of a block with itself
     # serialises to the certified bytes.
     out = {k: theirs.get(k, v) for k, v in ir.tensors.items() if k in mine or k in theirs}

@@ -47,20 +47,32 @@ def _near_one(x: float | None) -> str:
     return _g(x)
 
 
+class _Absent:
+    """A kind `blockcert bound --kinds` left out: shown as a dash."""
+
+    value = None
+    parts: dict = {}
+
+
 def _const(block, kind: str):
-    return next(c for c in block.constants if c.kind == kind)
+    return next((c for c in block.constants if c.kind == kind), _Absent)
+
+
+def _v(text: str, c) -> str:
+    return "—" if c is _Absent else text
 
 
 def markdown(art: BoundArtifact) -> str:
     rows = []
     for b in art.blocks:
         loc, glo = _const(b, "local"), _const(b, "global")
+        met, pw, emp, tr = (_const(b, k) for k in ("metric", "pointwise", "empirical", "trajectory"))
         rows.append([
             str(b.index) + ("" if b.stitched else " (native)"), _g(b.epsilon), _g(b.epsilon_composed),
             _g(max(b.replay_error_per_prompt)), _g(b.radius),
-            _g(loc.parts.get("k_attn")), _g(loc.parts.get("k_mlp")), _g(loc.value), _g(glo.value),
-            _near_one(_const(b, "metric").value), _near_one(_const(b, "pointwise").value),
-            _g(_const(b, "empirical").value), _near_one(_const(b, "trajectory").value), _g(b.output_deviation),
+            _v(_g(loc.parts.get("k_attn")), loc), _v(_g(loc.parts.get("k_mlp")), loc), _v(_g(loc.value), loc),
+            _v(_g(glo.value), glo), _v(_near_one(met.value), met), _v(_near_one(pw.value), pw),
+            _v(_g(emp.value), emp), _v(_near_one(tr.value), tr), _g(b.output_deviation),
         ])
     head = ["block", "ε_i certified", "ε_i composed (sound)", "replay fwd. error", "ρ_i (max)", "K_attn", "K_MLP",
             "L local (sound)", "L global (sound)", "L metric (sound, ball)", "L pointwise (trajectory cert.)",
@@ -70,6 +82,10 @@ def markdown(art: BoundArtifact) -> str:
         f"{art.prompts.n_tokens} tokens); distance: {art.distance}",
         "",
         _table(head, rows),
+        "",
+        f"Kinds computed: {', '.join(art.kinds)}"
+        + ("" if len(art.kinds) == len(_LABEL) else " (— in the table: left out by `blockcert bound --kinds`)")
+        + ".",
         "",
         f"Surrogate: {art.surrogate}.",
         "",

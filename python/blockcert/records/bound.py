@@ -46,6 +46,14 @@ KIND_DESCRIPTIONS: dict[str, str] = {
 # The kinds with one constant per block, as the formal run (and Lean's `Run`) carries them; `per_prompt`
 # composes the pointwise constants prompt by prompt, which the formal run format does not express yet.
 FORMAL_KINDS: tuple[Kind, ...] = ("global", "local", "pointwise")
+# What each kind needs computed besides the block's enclosed replay (which every kind composes): `blockcert
+# bound --kinds` may leave out the costly ones (local and metric are ~95 % of the time on a real model).
+KIND_NEEDS: dict[str, tuple[Kind, ...]] = {"per_prompt": ("pointwise",), "empirical": ("local",)}
+
+
+def kinds_of(blocks) -> tuple[str, ...]:
+    """The kinds the blocks' constants carry (the first block's; claim_problems checks the others agree)."""
+    return tuple(c.kind for c in blocks[0].constants) if blocks else ()
 
 
 class Constant(Frozen):
@@ -77,10 +85,11 @@ class BlockBound(Frozen):
     # Kind metric, per prompt: the input distance's token weights w_{i,t} (valid tokens; the output weights are
     # the next block's input weights, all 1 after the last block), the ball radius ρ_i (in d_i), ε_i and the
     # measured deviation after the block, both in d_{i+1}.
-    metric_weights_in: tuple[tuple[float, ...], ...]
-    metric_radius_per_prompt: tuple[float, ...]
-    epsilon_metric_per_prompt: tuple[float, ...]
-    output_deviation_metric_per_prompt: tuple[float, ...]
+    # All empty when the metric kind was not computed (`--kinds`).
+    metric_weights_in: tuple[tuple[float, ...], ...] = ()
+    metric_radius_per_prompt: tuple[float, ...] = ()
+    epsilon_metric_per_prompt: tuple[float, ...] = ()
+    output_deviation_metric_per_prompt: tuple[float, ...] = ()
     constants: tuple[Constant, ...]
 
 
@@ -113,6 +122,7 @@ class BoundArtifact(Sealed):
     surrogate: str = ("B̂_i is the real-valued function the block's (dense) IR declares; the float32 replay's "
                       "forward error is bounded a posteriori from enclosures and added to ε_i")
     options: BoundOptionsRecord
+    kinds: tuple[Kind, ...] = KINDS  # the kinds computed (`blockcert bound --kinds`), in KINDS order
     block_certificates: dict[str, str]  # block index -> certificate digest, for the stitched blocks
     blocks: tuple[BlockBound, ...]
     claimed_bound: dict[str, str]  # kind -> exact decimal
@@ -124,8 +134,8 @@ class BoundArtifact(Sealed):
     formal_kind: Kind  # the tightest of FORMAL_KINDS: what the formal check uses
     digest: str = ""
 
-    def kind(self, kind: str) -> KindBound:
-        return next(b for b in self.bounds if b.kind == kind)
+    def kind(self, kind: str) -> KindBound | None:
+        return next((b for b in self.bounds if b.kind == kind), None)
 
 
 

@@ -11,7 +11,17 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from blockcert.core.exact import decimal_str, prefix_bounds, round_up_sig, to_fraction
-from blockcert.records.bound import KINDS, PER_PROMPT_KINDS, SOUND_KINDS, BlockBound, BoundArtifact, Constant
+from blockcert.records.bound import (
+    FORMAL_KINDS,
+    KIND_NEEDS,
+    KINDS,
+    PER_PROMPT_KINDS,
+    SOUND_KINDS,
+    BlockBound,
+    BoundArtifact,
+    Constant,
+    kinds_of,
+)
 
 CLAIM_DIGITS = 6  # significant digits of a claimed bound (rounded up)
 
@@ -46,7 +56,7 @@ def kind_prefixes(blocks: Sequence[BlockBound]) -> dict[str, list[Fraction]]:
     constant (a trajectory ratio 0/0, only where x̂_i = x_i) multiplies a zero deviation and enters as 0."""
     eps = [to_fraction(b.epsilon_composed) for b in blocks]
     out = {}
-    for kind in KINDS:
+    for kind in kinds_of(blocks):
         if kind in PER_PROMPT_KINDS:
             out[kind] = [max(bs) for bs in zip(*prompt_prefixes(blocks, kind), strict=True)]
         else:
@@ -79,12 +89,13 @@ def violations(blocks: Sequence[BlockBound]) -> list[str]:
     also prompt by prompt: their claim is per prompt before the max). Each is a bug or a violated hypothesis."""
     out = []
     prefix = kind_prefixes(blocks)
-    for kind in SOUND_KINDS:
+    present = kinds_of(blocks)
+    for kind in (k for k in SOUND_KINDS if k in present):
         for k, (b, m) in enumerate(zip(prefix[kind], measured_prefix(blocks, kind), strict=True), start=1):
             if to_fraction(m) > b:
                 out.append(f"the measured deviation after {k} stitched block(s), {m:.9g}, exceeds the {kind} bound "
                            f"{float(b):.9g}, which claims to be sound")
-    for kind in PER_PROMPT_KINDS:
+    for kind in (k for k in PER_PROMPT_KINDS if k in present):
         ms = measured_prompts(blocks, kind)
         for p, bounds in enumerate(prompt_prefixes(blocks, kind)):
             for k, (b, m) in enumerate(zip(bounds, ms, strict=True), start=1):
@@ -94,17 +105,44 @@ def violations(blocks: Sequence[BlockBound]) -> list[str]:
     return out
 
 
+def kind_set_problems(art: BoundArtifact) -> list[str]:
+    """The kinds the file says it computed, against what every block and bound carries: one order (KINDS),
+    no duplicates, each kind's prerequisites present, and a formal kind among them."""
+    kinds = tuple(art.kinds)
+    out = []
+    if not kinds or list(kinds) != [k for k in KINDS if k in kinds]:
+        out.append(f"field kinds {list(kinds)} is empty, repeats a kind or is not in the order {list(KINDS)}")
+    if any(kinds_of([b]) != kinds for b in art.blocks):
+        out.append(f"some block's constants are not exactly the kinds {list(kinds)}")
+    # claimed_bound and ratios are JSON objects (written with sorted keys): compared as sets
+    if tuple(kb.kind for kb in art.bounds) != kinds or set(art.claimed_bound) != set(kinds) or set(
+            art.ratios) != set(kinds):
+        out.append(f"the bounds and claimed bounds are not exactly the kinds {list(kinds)}")
+    for k in kinds:
+        missing = [n for n in KIND_NEEDS.get(k, ()) if n not in kinds]
+        if missing:
+            out.append(f"kind {k} needs kind {missing[0]}, which the file does not carry")
+    if art.formal_kind not in kinds or art.formal_kind not in FORMAL_KINDS:
+        out.append(f"formal_kind {art.formal_kind!r} is not one of the computed kinds with one constant per block")
+    return out
+
+
 def claim_problems(art: BoundArtifact) -> list[str]:
     """Everything bound.json claims, re-derived from its per-block numbers; one line per disagreement."""
     q = "bound.json: "
     blocks = art.blocks
     if not blocks:
         return [q + "bounds no block"]
+    kinds = kinds_of(blocks)
+    bad = kind_set_problems(art)
+    if bad:
+        return [q + p for p in bad]
     n = len(blocks[0].epsilon_per_prompt)
-    lists = ("epsilon_per_prompt", "output_deviation_per_prompt", "epsilon_composed_per_prompt",
-             "epsilon_metric_per_prompt", "output_deviation_metric_per_prompt")
+    lists = ("epsilon_per_prompt", "output_deviation_per_prompt", "epsilon_composed_per_prompt")
+    if "metric" in kinds:
+        lists += ("epsilon_metric_per_prompt", "output_deviation_metric_per_prompt")
     if any(len(getattr(b, f)) != n for b in blocks for f in lists) or any(
-            len(constant(b, k).per_prompt) != n for b in blocks for k in PER_PROMPT_KINDS):
+            len(constant(b, k).per_prompt) != n for b in blocks for k in PER_PROMPT_KINDS if k in kinds):
         return [q + "per-prompt lists differ in length between blocks"]
     prefix = kind_prefixes(blocks)
     out = []

@@ -1,7 +1,9 @@
 """The ablations of paper Table 3, each an explicit surrogate IR that a verifier replays as measured.
 
 - `no-rope`: the attention runs without rotary embeddings (`AttentionSpec.rope = False`, no tables stored);
-- `inverted-mask`: the mask pattern `inverted` (query t sees keys at positions ≥ t) instead of causal;
+- `inverted-mask`: the mask pattern `inverted` (query t sees keys at positions ≥ t) instead of causal; on a
+  sliding-window layer (Gemma 3's local layers) that is every later key, since the window only bounds how
+  far back a key may be (the derivation says so);
 - `zero-wv`: W_V (and its bias) stored as zeros;
 - `noise-wq`: W_Q + σ·rms(W_Q)·Z with Z standard normal from a CPU generator seeded with `seed`, so σ is
   relative to the scale of the block's own W_Q and the same (σ, seed) gives the same tensor anywhere.
@@ -40,8 +42,11 @@ def no_rope(ir: BlockIR, _sigma: float, _seed: int) -> BlockIR:
 
 def inverted_mask(ir: BlockIR, _sigma: float, _seed: int) -> BlockIR:
     att = ir.spec.attention.model_copy(update={"pattern": "inverted"})
-    return _named(ir, "inverted-mask", "", "mask pattern inverted: query t sees keys at positions ≥ t",
-                  {"attention": att}, dict(ir.tensors))
+    method = "mask pattern inverted: query t sees keys at positions ≥ t"
+    if att.window is not None:  # the window bounds t − j from above, which no key j ≥ t exceeds
+        method += (f"; the layer's sliding window of {att.window} (keys j > t − {att.window}) is kept in the "
+                   "declaration but no longer excludes any key")
+    return _named(ir, "inverted-mask", "", method, {"attention": att}, dict(ir.tensors))
 
 
 def zero_wv(ir: BlockIR, _sigma: float, _seed: int) -> BlockIR:

@@ -70,8 +70,9 @@ def bound_problems(run_dir: Path, deep: bool, rederived: list[str], from_files: 
         out += _epsilons(run_dir, art, certs)
         rederived.append("bound.json: ε and per-prompt ε of every stitched block (from the certified metrics, "
                          "themselves re-derived from the traces)")
-        out += _global_constants(run_dir, art, certs)
-        rederived.append("bound.json: the sound global constant of every stitched block (from its certified IR)")
+        if "global" in art.kinds:
+            out += _global_constants(run_dir, art, certs)
+            rederived.append("bound.json: the sound global constant of every stitched block (from its certified IR)")
         if deep:
             out += _trajectory_constants(run_dir, art, certs)
             rederived.append("bound.json: pointwise, per-prompt and local constants (stitched replay, --deep)")
@@ -149,16 +150,17 @@ def _trajectory_constants(run_dir: Path, art: BoundArtifact, certs) -> list[str]
                         for p, n in enumerate(lengths)]
             else:
                 sets = [ball(x[p, :n], opts.radius, positions[p, :n]) for p, n in enumerate(lengths)]
-            local = local_bound(prepare_block(dense), sets).lipschitz
+            local = local_bound(prepare_block(dense), sets).lipschitz if "local" in art.kinds else None
             x_hat = run_block(ir, x_hat, valid, positions)
-        pp = constant(b, "per_prompt").per_prompt
-        if len(pp) != len(ratios) or any(_differs(r, f) for r, f in zip(pp, ratios, strict=False)):
+        kinds = art.kinds
+        if "per_prompt" in kinds and (len(pp := constant(b, "per_prompt").per_prompt) != len(ratios) or any(
+                _differs(r, f) for r, f in zip(pp, ratios, strict=False))):
             out.append(Q + f"field blocks[{b.index}].constants[per_prompt].per_prompt differs from the re-derived "
                        f"pointwise ratios (max {max(ratios):.9g})")
-        if _differs(constant(b, "pointwise").value, max(ratios)):
+        if "pointwise" in kinds and _differs(constant(b, "pointwise").value, max(ratios)):
             out.append(Q + f"field blocks[{b.index}].constants[pointwise].value = {constant(b, 'pointwise').value!r}, "
                        f"re-derived {max(ratios):.9g}")
-        if _differs(constant(b, "local").value, local):
+        if local is not None and _differs(constant(b, "local").value, local):
             out.append(Q + f"field blocks[{b.index}].constants[local].value = {constant(b, 'local').value!r}, "
                        f"re-derived {local:.9g}")
     return out

@@ -5,6 +5,8 @@ the block, replayed on the block's certified traces, its stitched losses recompu
 model, and certified exactly as extraction certifies a block. Every ablation is written as a complete run
 of its own, `RUN/ablations/NAME/` (ir.json states the ablation: no RoPE, the inverted mask pattern, W_V
 zero, the noisy W_Q tensor), so `blockcert verify RUN/ablations/NAME` replays exactly what was measured.
+The previous ablations are removed first, and every file written is listed in the run's manifest, so
+`blockcert verify RUN` still accounts for every file of the run.
 `ablations.json` and `ablations.md` hold the table: per ablation the means over the blocks of cov_act, ε,
 MAE and cov_loss, the blocks certified, and the ratio of mean ε to the unablated row (the run itself).
 """
@@ -22,13 +24,12 @@ from blockcert.present.progress import track
 from blockcert.records.certificate import BlockCertificate
 from blockcert.store import layout
 from blockcert.store.files import atomic_write_bytes, ensure_writable_dir, json_bytes
+from blockcert.store.manifest import record_outputs
 from blockcert.store.run_files import save_files
 from blockcert.store.run_reader import load_run_summary, select_blocks
 from blockcert.surrogates import ABLATIONS, ablate
-from blockcert.workflows.compress import open_run
+from blockcert.workflows.compress import ABLATIONS_DIR, open_run, remove_ablations
 from blockcert.workflows.extract import summary_of
-
-ABLATIONS_DIR = "ablations"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ def run_ablate(opts: AblateOptions) -> tuple[AblationReport, str]:
     ensure_writable_dir(out)
     rc = open_run(opts.run_dir, opts.model, opts.device)
     benches = [rc.bench(i, 0.0) for i in blocks]
+    remove_ablations(opts.run_dir)  # a previous ablation of other blocks must not linger beside this one
+    ensure_writable_dir(out)
+    written = [rel for rel in summary.files if rel.startswith(f"{ABLATIONS_DIR}/")]  # leave the manifest if gone
     base = [b.cert for b in benches]
     base_row = _row("none", "", base, _mean([c.metrics.epsilon for c in base]), None)
     rows = [base_row]
@@ -104,12 +108,14 @@ def run_ablate(opts: AblateOptions) -> tuple[AblationReport, str]:
         s = summary_of(summary.model, summary.prompts, summary.thresholds, summary.policy, certs, files)
         files[layout.SUMMARY] = json_bytes(s.model_dump(mode="json"))
         save_files(files, out / name)
+        written += [f"{ABLATIONS_DIR}/{name}/{rel}" for rel in files]
         args = f"sigma={opts.sigma:g},seed={opts.seed}" if name == "noise-wq" else ""
         rows.append(_row(name, args, certs, base_row.mean_epsilon, f"{ABLATIONS_DIR}/{name}"))
     report = AblationReport(blocks=tuple(blocks), sigma=opts.sigma, seed=opts.seed, rows=tuple(rows))
     md = ablation_markdown(report)
     atomic_write_bytes(out / "ablations.md", md.encode("utf-8"))
     atomic_write_bytes(out / "ablations.json", json_bytes(report.model_dump(mode="json")))
+    record_outputs(opts.run_dir, sorted({*written, f"{ABLATIONS_DIR}/ablations.md", f"{ABLATIONS_DIR}/ablations.json"}))
     return report, md
 
 

@@ -11,7 +11,7 @@ estimate. The instantiated bound Σ ε_i Π_{j>i} L_j is then computed per kind 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from blockcert.records.bound import (
     BOUND_TABLE,
     FORMAL_KINDS,
     KIND_DESCRIPTIONS,
+    KIND_NEEDS,
     KINDS,
     SOUND_KINDS,
     BlockBound,
@@ -90,6 +91,7 @@ class BoundOptions:
     power_iters: int = 8
     threads: int = 1  # torch intra-op threads; the bound's many small operations run fastest on one
     pieces: int = 8  # boxes covering each segment [x_i, x̂_i] (more: tighter and slower)
+    kinds: tuple[str, ...] = KINDS  # which kinds to compute (the enclosed replay that all compose always runs)
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,8 @@ class BlockResult:
     d_in: float
     d_out: float
     radius: float
-    local: LocalBound
-    glob: GlobalBound
+    local: LocalBound | None  # None: kind not computed (`--kinds`)
+    glob: GlobalBound | None
     pointwise: tuple[float, ...]  # per prompt; the block's pointwise constant is their max
     eps_prompts: tuple[float, ...]  # certified ε per prompt (0 for a native block)
     d_out_prompts: tuple[float, ...]
@@ -207,22 +209,48 @@ class _Source:
         return ir, x_in, native_block(x_in), native_block, (0.0,) * int(self.valid.shape[0]), None
 
 
-def _bounded_ir(i: int, ir: BlockIR) -> BlockIR:
+# The kinds that bound the block on a set (Lipschitz analysis of attention, norms and MLP), which know only
+# the Llama / GPT-2 block; the trajectory kinds need only the enclosed replay, which knows every IR op.
+LIPSCHITZ_KINDS = ("global", "local", "metric", "empirical")
+
+
+def select_kinds(kinds) -> tuple[str, ...]:
+    """`--kinds`, checked and put in KINDS order: known names, their prerequisites, and one formal kind."""
+    kinds = tuple(dict.fromkeys(kinds))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise BlockCertError(f"--kinds: unknown kind {unknown[0] if unknown else '(none given)'!r}; use a "
+                             f"comma-separated list of {', '.join(KINDS)}")
+    for k in kinds:
+        for need in KIND_NEEDS.get(k, ()):
+            if need not in kinds:
+                raise BlockCertError(f"--kinds: {k} needs {need} (add it to the list)")
+    if not any(k in FORMAL_KINDS for k in kinds):
+        raise BlockCertError(f"--kinds: include at least one of {', '.join(FORMAL_KINDS)} (the formal check needs "
+                             "a sound kind with one constant per block)")
+    return tuple(k for k in KINDS if k in kinds)
+
+
+def _bounded_ir(i: int, ir: BlockIR, kinds: tuple[str, ...]) -> BlockIR:
     """The IR the bounds read (already dense: `_Source.block` applies `densify`; the a-posteriori ε and
-    forward-error terms make any rounding of that step part of what is bounded). Only the causal mask is
-    enclosed and bounded."""
+    forward-error terms make any rounding of that step part of what is bounded). The set kinds know only the
+    causal mask and plain pre-norm blocks; the trajectory kinds enclose every op the interpreter has."""
+    if not any(k in LIPSCHITZ_KINDS for k in kinds):
+        return ir
     spec = ir.spec
     norms = [spec.attn_norm, spec.mlp_norm, spec.post_attn_norm, spec.post_mlp_norm, spec.attention.qk_norm]
     if spec.attention.qk_norm is not None or spec.post_attn_norm is not None or any(
             n is not None and n.unit_offset for n in norms):
         raise BlockCertError(f"block {i}: q/k norms, sandwich norms and (1 + w) RMSNorm (Qwen3, Gemma 3) have no "
-                             "enclosure or Lipschitz rule yet; bounding this family is not supported")
+                             "Lipschitz rule yet for the kinds global, local, metric, empirical; use "
+                             "--kinds pointwise,per_prompt,trajectory")
     if ir.spec.attention.window is not None:
         raise BlockCertError(f"block {i} attends through a sliding window of {ir.spec.attention.window}: the local "
-                             "and global bounds assume the full causal mask; bounding it is not supported yet")
+                             "and global bounds assume the full causal mask; use --kinds pointwise,per_prompt,"
+                             "trajectory")
     if ir.spec.attention.pattern != "causal":
-        raise BlockCertError(f"block {i}: attention pattern {ir.spec.attention.pattern!r}; the bounds support only "
-                             "the causal pattern")
+        raise BlockCertError(f"block {i}: attention pattern {ir.spec.attention.pattern!r}; the Lipschitz kinds "
+                             "support only the causal pattern; use --kinds pointwise,per_prompt,trajectory")
     return ir
 
 
@@ -255,34 +283,44 @@ def _analyse_block(i, ir: BlockIR, x, x_next, x_hat, surrogate, eps_prompts, cer
             f"block {i}: replaying the surrogate gives ε = {eps_replay:.9g}, its certificate says {eps:.9g}; "
             "run `blockcert verify` on the run"
         )
-    ir = _bounded_ir(i, ir)
+    kinds = opts.kinds
+    ir = _bounded_ir(i, ir, kinds)
     den = tok_in.amax(-1)
     num = token_dist(y_hat, y_nat, valid).amax(-1)
     ratios = [float(n / d) for n, d in zip(num, den, strict=True) if d > 0]
     d_out = tuple(token_dist(y_hat, x_next, valid).amax(-1).tolist())
     if opts.radius is None:
-        sets = [segment_cover(x[p, :n], x_hat[p, :n], positions[p, :n], opts.pieces) for p, n in enumerate(lengths)]
         radius = float(tok_in.max())
     else:
         _check_radius(opts.radius, i, x, tok_in, valid, ir.spec.attn_norm.kind)
-        sets = [ball(x[p, :n], opts.radius, positions[p, :n]) for p, n in enumerate(lengths)]
         radius = opts.radius
-    prep = prepare_block(ir)
-    local = local_bound(prep, sets)
-    glob = global_bound(prep)
+    prep = prepare_block(ir) if any(k in kinds for k in ("global", "local", "metric")) else None
+    local = glob = None
+    if "local" in kinds:
+        if opts.radius is None:
+            sets = [segment_cover(x[p, :n], x_hat[p, :n], positions[p, :n], opts.pieces)
+                    for p, n in enumerate(lengths)]
+        else:
+            sets = [ball(x[p, :n], opts.radius, positions[p, :n]) for p, n in enumerate(lengths)]
+        local = local_bound(prep, sets)
+    if "global" in kinds:
+        glob = global_bound(prep)
     terms = trajectory_terms(ir, x, x_hat, x_next, y_hat, valid, positions)
-    metric, eps_metric, d_out_metric = _metric_block(prep, x, x_hat, terms, y_hat, x_next, w_in, w_out,
-                                                     metric_radius, valid, positions, lengths)
+    metric, eps_metric, d_out_metric = ((), (), ())
+    if "metric" in kinds:
+        metric, eps_metric, d_out_metric = _metric_block(prep, x, x_hat, terms, y_hat, x_next, w_in, w_out,
+                                                         metric_radius, valid, positions, lengths)
     emp = jacobian_norm_lower(ir, x, valid, positions, _candidates(local, lengths, opts.empirical_tokens),
-                              opts.power_iters) if opts.empirical_tokens > 0 else torch.zeros(1)
+                              opts.power_iters) if "empirical" in kinds and opts.empirical_tokens > 0 \
+        else torch.zeros(1)
     res = BlockResult(
         index=i, stitched=cert is not None, epsilon=eps, d_in=float(den.max()), d_out=max(d_out),
         radius=radius, local=local, glob=glob, pointwise=tuple(terms.ratio.tolist()), eps_prompts=tuple(eps_prompts),
         d_out_prompts=d_out, empirical=float(emp.max()), trajectory=max(ratios) if ratios else None,
         eps_composed=tuple(terms.epsilon().tolist()), eps_real=tuple((terms.eps_tok.amax(-1)).tolist()),
         replay_error=tuple(terms.fwd_tok.amax(-1).tolist()), metric=metric,
-        metric_weights_in=tuple(tuple(w_in[p, :n].tolist()) for p, n in enumerate(lengths)),
-        metric_radius=tuple(metric_radius), eps_metric=eps_metric, d_out_metric=d_out_metric,
+        metric_weights_in=tuple(tuple(w_in[p, :n].tolist()) for p, n in enumerate(lengths)) if metric else (),
+        metric_radius=tuple(metric_radius) if metric else (), eps_metric=eps_metric, d_out_metric=d_out_metric,
     )
     return res, y_hat
 
@@ -294,6 +332,7 @@ def analyse_run(opts: BoundOptions) -> tuple[_Source, list[BlockResult]]:
         raise BlockCertError("--empirical-tokens must be ≥ 0, --power-iters ≥ 1 and --pieces ≥ 1")
     if opts.threads < 1:
         raise BlockCertError("--threads must be at least 1")
+    opts = replace(opts, kinds=select_kinds(opts.kinds))
     src = _Source(opts)
     results, x_hat, x_native = [], None, None
     before = torch.get_num_threads()
@@ -320,7 +359,8 @@ def analyse_run(opts: BoundOptions) -> tuple[_Source, list[BlockResult]]:
     return src, results
 
 
-def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
+def _constants(r: BlockResult, opts: BoundOptions, kinds: tuple[str, ...]) -> tuple[Constant, ...]:
+    """The block's constants of the computed kinds, each with the assumptions it holds under."""
     where = (f"the segment [x_i, x̂_i] from the traced to the stitched input, per prompt, covered by "
              f"{opts.pieces} boxes of per-token radius ‖x̂_t − x_t‖/{2 * opts.pieces} (rounded up)"
              if opts.radius is None else
@@ -331,17 +371,17 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
         "dist(B̂(x̂_i), B̂(x_i)) ≤ L·dist(x̂_i, x_i)",
         EXACT_NOTE,
     ]
-    if r.local.zero_norm:
+    if r.local is not None and r.local.zero_norm:
         local_notes.append("some ball reaches zero norm at a norm layer: there its Jacobian bound is 1/√eps")
-    return (
-        Constant(kind="global", value=r.glob.lipschitz, sound=True, assumptions=(
+    make = {
+        "global": lambda: Constant(kind="global", value=r.glob.lipschitz, sound=True, assumptions=(
             "valid for all inputs: finite because eps > 0 bounds each norm layer's Jacobian by 1/√eps and "
             "norm layers map into the ball of radius √d", EXACT_NOTE),
             parts={"k_attn": r.glob.k_attn, "k_mlp": r.glob.k_mlp}),
-        Constant(kind="local", value=r.local.lipschitz, sound=True, assumptions=tuple(local_notes),
+        "local": lambda: Constant(kind="local", value=r.local.lipschitz, sound=True, assumptions=tuple(local_notes),
                  parts={"k_attn": r.local.k_attn, "k_mlp": r.local.k_mlp,
                         "tokens_refined": float(r.local.tokens_exact)}),
-        Constant(kind="metric", value=max(r.metric), sound=True, per_prompt=r.metric, assumptions=(
+        "metric": lambda: Constant(kind="metric", value=max(r.metric), sound=True, per_prompt=r.metric, assumptions=(
             "per prompt: sup of the Jacobian's operator norm from d_i to d_{i+1} over the ball {Y : d_i(Y, x_i) ≤ ρ_i} "
             f"(ρ_i = {METRIC_BALL:g} × d_i(x̂_i, x_i), recorded per prompt, so the ball contains x̂_i and every input "
             "up to twice as far), where d_i(X, Y) = max_t w_{i,t}‖X_t − Y_t‖, "
@@ -349,7 +389,7 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
             "and d_L is the max-token distance; composed with ε_i measured in d_{i+1}",
             "a Lipschitz bound on a stated ball: it holds for every input of that ball, traced or not",
             EXACT_NOTE)),
-        Constant(kind="pointwise", value=max(r.pointwise), sound=True, assumptions=(
+        "pointwise": lambda: Constant(kind="pointwise", value=max(r.pointwise), sound=True, assumptions=(
             "TRAJECTORY CERTIFICATE: an upper bound on dist(B̂(x̂_i), B̂(x_i)) / dist(x̂_i, x_i) at this run's traced "
             "and stitched inputs only, max over prompts: exactly the pointwise hypothesis (TrajHyp) of the "
             "composition theorem for this measured stitched run; not a Lipschitz constant on any set, and it says "
@@ -357,20 +397,22 @@ def _constants(r: BlockResult, opts: BoundOptions) -> tuple[Constant, ...]:
             "both points evaluated in float64 midpoint-radius arithmetic with every rounding bounded (γ_n of each "
             "sum's own length); torch's float64 exp, sqrt and activations assumed accurate to 1e-12 relative",
             EXACT_FUNCTION)),
-        Constant(kind="per_prompt", value=max(r.pointwise), sound=True, per_prompt=r.pointwise, assumptions=(
+        "per_prompt": lambda: Constant(kind="per_prompt", value=max(r.pointwise), sound=True, per_prompt=r.pointwise,
+                                       assumptions=(
             "TRAJECTORY CERTIFICATE: the pointwise constants of each prompt (`per_prompt`), composed prompt by "
             "prompt with that prompt's composed ε and maximised over prompts at the end: valid only at the traced "
             "points of this measured stitched run",
             "the pointwise kind's assumptions")),
-        Constant(kind="empirical", value=r.empirical, sound=False, assumptions=(
+        "empirical": lambda: Constant(kind="empirical", value=r.empirical, sound=False, assumptions=(
             "LOWER estimate of the surrogate's Jacobian norm (max-token distance) at the traced inputs, by "
             "alternating power iteration through autograd; never an upper bound",
             f"{opts.empirical_tokens} candidate output tokens per prompt, {opts.power_iters} iterations")),
-        Constant(kind="trajectory", value=r.trajectory, sound=False, assumptions=(
+        "trajectory": lambda: Constant(kind="trajectory", value=r.trajectory, sound=False, assumptions=(
             "dist(B̂(x̂_i), B̂(x_i)) / dist(x̂_i, x_i) along this stitched replay, max over prompts: exactly "
             "what the pointwise form of the theorem needs for this trajectory; measured in floating point",
             "undefined (null) where x̂_i = x_i")),
-    )
+    }
+    return tuple(make[k]() for k in kinds)
 
 
 def check_sound(blocks) -> None:
@@ -378,8 +420,8 @@ def check_sound(blocks) -> None:
     found = violations(blocks)
     if found:
         raise BlockCertError(f"{found[0]}: a bug or a violated hypothesis (nothing written)")
-    traj = kind_prefixes(blocks)["trajectory"]
-    for k, (b, m) in enumerate(zip(traj, measured_prefix(blocks, "trajectory"), strict=True), start=1):
+    traj = kind_prefixes(blocks).get("trajectory", [])
+    for k, (b, m) in enumerate(zip(traj, measured_prefix(blocks, "trajectory"), strict=False), start=1):
         if to_fraction(m) > b * (1 + Fraction(1, 10**5)):
             say(f"note: after {k} blocks the trajectory-constant bound {float(b):.6g} is below the measured "
                 f"{m:.6g} (float rounding of the replay; the trajectory kind makes no soundness claim)")
@@ -399,6 +441,7 @@ def _kind_bound(kind: str, prefix: list[Fraction], measured: float, prefix_measu
 
 def build_artifact(src: _Source, results: list[BlockResult], opts: BoundOptions,
                    stitch_measured: float | None) -> BoundArtifact:
+    kinds = select_kinds(opts.kinds)
     blocks = tuple(
         BlockBound(index=r.index, stitched=r.stitched, epsilon=r.epsilon, input_deviation=r.d_in,
                    output_deviation=r.d_out, radius=r.radius, epsilon_per_prompt=r.eps_prompts,
@@ -406,23 +449,23 @@ def build_artifact(src: _Source, results: list[BlockResult], opts: BoundOptions,
                    epsilon_composed_per_prompt=r.eps_composed, epsilon_real_per_prompt=r.eps_real,
                    replay_error_per_prompt=r.replay_error, metric_weights_in=r.metric_weights_in,
                    metric_radius_per_prompt=r.metric_radius, epsilon_metric_per_prompt=r.eps_metric,
-                   output_deviation_metric_per_prompt=r.d_out_metric, constants=_constants(r, opts))
+                   output_deviation_metric_per_prompt=r.d_out_metric, constants=_constants(r, opts, kinds))
         for r in results
     )
     measured = [b.output_deviation for b in blocks]
     prefix = kind_prefixes(blocks)
     check_sound(blocks)
-    kinds = {k: _kind_bound(k, prefix[k], measured[-1], measured_prefix(blocks, k)) for k in KINDS}
-    formal = min(FORMAL_KINDS, key=lambda k: prefix[k][-1])
+    bounds = {k: _kind_bound(k, prefix[k], measured[-1], measured_prefix(blocks, k)) for k in kinds}
+    formal = min((k for k in FORMAL_KINDS if k in kinds), key=lambda k: prefix[k][-1])
     digests = {str(e.index): e.digest for e in src.summary.blocks}
     return BoundArtifact(
         model=src.summary.model, prompts=src.summary.prompts,
         options=BoundOptionsRecord(radius=opts.radius, empirical_tokens=opts.empirical_tokens,
                                    power_iters=opts.power_iters, pieces=opts.pieces),
-        block_certificates=digests, blocks=blocks,
-        claimed_bound={k: v.claimed_bound for k, v in kinds.items()},
-        bounds=tuple(kinds.values()), measured_deviation=measured[-1], measured_prefix=tuple(measured),
-        measured_deviation_stitch=stitch_measured, ratios={k: v.ratio for k, v in kinds.items()},
+        kinds=kinds, block_certificates=digests, blocks=blocks,
+        claimed_bound={k: v.claimed_bound for k, v in bounds.items()},
+        bounds=tuple(bounds.values()), measured_deviation=measured[-1], measured_prefix=tuple(measured),
+        measured_deviation_stitch=stitch_measured, ratios={k: v.ratio for k, v in bounds.items()},
         formal_kind=formal,
     ).sealed()
 

@@ -9,12 +9,14 @@ and keeps the smallest certified surrogate by the bytes of its tensors. A block 
 is certified keeps its surrogate.
 
 The chosen surrogate replaces the block's files and certificate in place, verdicts last; every file
-derived from the old surrogates (full-model certificate, bound, formal run) is removed first, since it
-no longer describes the run. `compress.json` records what was tried, at what cost.
+derived from the old surrogates (full-model certificate, bound, formal run and the Lean module it names,
+the ablation runs of `blockcert ablate`) is removed first, since it no longer describes the run.
+`compress.json` records what was tried, at what cost.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,23 +25,27 @@ from blockcert.arch.loading import LoadedModel, load_model, load_run_model
 from blockcert.arch.native import NativeModel
 from blockcert.core.digest import sha256_bytes
 from blockcert.errors import BlockCertError
+from blockcert.formal.mirror import FORMAL_FILE
 from blockcert.present.progress import say, track
 from blockcert.records.bound import BOUND_FILE
 from blockcert.records.compress import COMPRESS_FILE, BlockChoice, CompressReport
 from blockcert.records.fullmodel import CERTIFICATE_FILE, EVALUATION_FILE, SEMANTIC_FILE
 from blockcert.records.summary import RunSummary
 from blockcert.store import layout
-from blockcert.store.files import json_bytes
+from blockcert.store.files import json_bytes, read_json
 from blockcert.store.run_files import save_files
 from blockcert.store.run_reader import block_certificate, load_run_summary, select_blocks
-from blockcert.surrogates import check_text, derive_named, lowrank, needs_traces, parse_kind
+from blockcert.surrogates import ABLATIONS, check_text, derive_named, lowrank, needs_traces, parse_kind
 from blockcert.surrogates.linear import ATTENTION, MLP, linear_names
 from blockcert.workflows.candidates import Bench, Measured, RunContext
 from blockcert.workflows.extract import ExtractOptions, run_extract, summary_of
 
 FAMILIES = ("lowrank", "prune-heads", "prune-neurons", "int8", "auto")
 # Files computed from the previous surrogates: removed before any block is rewritten.
-STALE = (CERTIFICATE_FILE, EVALUATION_FILE, SEMANTIC_FILE, BOUND_FILE, "formal_run.json")
+STALE = (CERTIFICATE_FILE, EVALUATION_FILE, SEMANTIC_FILE, BOUND_FILE, FORMAL_FILE)
+# `blockcert ablate` writes RUN/ablations/: one run per ablation of the run's surrogates, and the table.
+ABLATIONS_DIR = "ablations"
+ABLATION_TABLES = ("ablations.md", "ablations.json")
 FRACTION_STEPS = 128
 
 
@@ -173,10 +179,39 @@ def compress_block(bench: Bench, family: str):
     return choice, (cert, files)
 
 
+def remove_ablations(run_dir: Path) -> None:
+    """Remove what `blockcert ablate` wrote under RUN/ablations/ (its runs and its table), nothing else."""
+    root = run_dir / ABLATIONS_DIR
+    for name in ABLATIONS:
+        if (root / name).is_dir() and not (root / name).is_symlink():
+            shutil.rmtree(root / name)
+    for name in ABLATION_TABLES:
+        (root / name).unlink(missing_ok=True)
+    if root.is_dir() and not root.is_symlink() and not any(root.iterdir()):
+        root.rmdir()
+
+
+def _stale_files(run_dir: Path) -> tuple[str, ...]:
+    """STALE, and the Lean files `blockcert lean` wrote beside formal_run.json (the module it names; the
+    run package's lakefile and toolchain, which build that module)."""
+    try:
+        info = read_json(run_dir / FORMAL_FILE, "formal run")
+    except BlockCertError:
+        return STALE
+    lean_file = info.get("lean_file") if isinstance(info, dict) else None
+    if not (isinstance(lean_file, str) and lean_file.endswith(".lean") and "/" not in lean_file
+            and "\\" not in lean_file and not lean_file.startswith(".")):
+        return STALE
+    package = ("lakefile.lean", "lean-toolchain") if info.get("lean_module") == lean_file[: -len(".lean")] else ()
+    return (*STALE, lean_file, *package)
+
+
 def rewrite_blocks(run_dir: Path, rc: RunContext, new: dict[int, tuple], extra: dict[str, bytes]) -> None:
     """Replace the given blocks' files and certificates, rebuild summary.json; stale run files go first."""
-    for name in STALE:
+    stale = _stale_files(run_dir)
+    for name in stale:
         (run_dir / name).unlink(missing_ok=True)
+    remove_ablations(run_dir)
     summary = rc.summary
     certs, files = [], dict(extra)
     for e in summary.blocks:
@@ -189,7 +224,10 @@ def rewrite_blocks(run_dir: Path, rc: RunContext, new: dict[int, tuple], extra: 
     s = summary_of(summary.model, summary.prompts, summary.thresholds, summary.policy, certs)
     if summary.files:  # the manifest lists every file: the rewritten ones by their new digests
         rewritten = tuple(f"block_{i:03d}/" for i in new)
-        listed = {rel: d for rel, d in summary.files.items() if rel not in STALE and not rel.startswith(rewritten)}
+        gone = (*rewritten, *(f"{ABLATIONS_DIR}/{name}/" for name in ABLATIONS))
+        tables = {f"{ABLATIONS_DIR}/{name}" for name in ABLATION_TABLES}
+        listed = {rel: d for rel, d in summary.files.items()
+                  if rel not in stale and rel not in tables and not rel.startswith(gone)}
         listed.update({rel: sha256_bytes(data) for rel, data in files.items()})
         s = s.with_files(listed)
     files[layout.SUMMARY] = json_bytes(s.model_dump(mode="json"))

@@ -20,6 +20,7 @@ from blockcert.present.report_view import BlockRow, Image, ReportView, StatusRow
 from blockcert.records.certificate import BlockCertificate
 from blockcert.records.summary import RunSummary
 from blockcert.store.files import atomic_write_bytes, ensure_writable_dir
+from blockcert.store.manifest import record_outputs
 from blockcert.store.run_reader import block_certificate, load_certified_prompt_epsilons, load_run_summary
 from blockcert.verifier.report import RunReport
 from blockcert.verifier.run import verify_run
@@ -69,6 +70,9 @@ def build_report(run_dir: Path, out: Path | None = None, model: str | None = Non
         plots.append(path.parent / f"{path.stem}_{img.name}.png")
         atomic_write_bytes(plots[-1], img.png)
     atomic_write_bytes(path, render(view).encode("utf-8"))  # the report last: it names its plots' run
+    if path.parent.resolve() == run_dir.resolve():
+        # a report inside the run is one of its files: listed, so that `blockcert verify` afterwards still passes
+        record_outputs(run_dir, [p.name for p in (*plots, path)])
     say(f"wrote {path} ({len(plots)} plot(s) beside it)")
     return ReportResult(path, tuple(plots), view.verification.state, view.verification.headline)
 
