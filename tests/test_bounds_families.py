@@ -533,3 +533,20 @@ def test_bound_on_a_bf16_gemma3_run_with_the_trajectory_kinds(family_models, fam
                               strict=True):
             assert 0 < fwd <= ec and abs(ec - e) <= 1e-4 * max(e, 1.0) + 2 * fwd
     assert blockcert.verify(run)
+
+
+def test_rope_enclosure_radius_is_nonnegative_and_contains_every_rotation_of_the_box():
+    """The rotated half of the radius must not be negated (rotate_half flips the sign of half its input)."""
+    from blockcert.bounds.pointwise import rope as rope_enclosed
+    from blockcert.core.interpreter import rotate_half
+
+    g = torch.Generator().manual_seed(0)
+    mid = torch.randn(3, 8, dtype=torch.float64, generator=g)
+    rad = torch.full_like(mid, 1e-3)
+    cos, sin = torch.full_like(mid, 0.6), torch.full_like(mid, 0.8)
+    e = rope_enclosed(Enclosure(mid, rad), cos, sin)
+    assert bool((e.rad >= 0).all())
+    for _ in range(200):
+        x = mid + (torch.rand(mid.shape, dtype=torch.float64, generator=g) * 2 - 1) * rad
+        y = x * cos + rotate_half(x) * sin
+        assert bool(((y - e.mid).abs() <= e.rad).all())

@@ -204,7 +204,8 @@ def softmax(scores: Enclosure, mask: torch.Tensor) -> Enclosure:
 
 def rope(x: Enclosure, cos: torch.Tensor, sin: torch.Tensor) -> Enclosure:
     a, b = x.mid * cos, rotate_half(x.mid) * sin
-    rad = x.rad * cos.abs() + rotate_half(x.rad) * sin.abs() + 2 * _U * (a.abs() + b.abs())
+    # rotate_half negates half of its input: the radius of the rotated part is |rotate_half(rad)|, never negative
+    rad = x.rad * cos.abs() + rotate_half(x.rad).abs() * sin.abs() + 2 * _U * (a.abs() + b.abs())
     return Enclosure(a + b, _up(rad))
 
 
