@@ -74,13 +74,17 @@ def extract(
     policy: Policy = Policy(),
     batch_size: int = 8,
     executor: Executor | None = None,
+    trace_dtype: str | None = None,
 ) -> Run:
     """Trace `model` on `prompts`, derive a surrogate of each block, measure and certify it.
 
     `prompts` is a list of strings or a bundled set name (`default`, `stress`); `blocks` a list of indices
-    or a spec string (`0,5,10`, `3-7`, `all`). Without `out` nothing is written; with it the run is saved
-    there and the returned `Run` refers to it. `executor` runs the per-block certification
+    or a spec string (`0,5,10`, `3-7`, `all`). Without `out` nothing is written and the run is held in
+    memory; with it each block's files are written there as soon as they exist (memory holds one block's
+    IR at a time) and the returned `Run` refers to it. `executor` runs the per-block certification
     (`blockcert.workflows.executor`: local by default, `RayExecutor(address)` for a cluster).
+    `trace_dtype` (`bfloat16`, `float16`, `float32`) stores the traces compactly; ε is measured on the
+    stored values and the certificate records the dtype and the rounding.
     """
     lm = load_model(model) if isinstance(model, str) else model
     parse_kind(surrogate)  # a bad kind fails before the model runs
@@ -88,8 +92,8 @@ def extract(
     indices = parse_blocks(spec, lm.num_layers)
     if batch_size < 1:
         raise BlockCertError("batch_size must be at least 1")
-    run = extract_run(lm, _prompts(prompts), indices, surrogate, thresholds, policy, batch_size, executor)
-    return run.save(out) if out is not None else run
+    return extract_run(lm, _prompts(prompts), indices, surrogate, thresholds, policy, batch_size, executor,
+                       out=Path(out) if out is not None else None, trace_dtype=trace_dtype)
 
 
 def load_run(path: Path | str) -> Run:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from blockcert.arch.native import NativeModel
+from blockcert.arch.native import BlockArgs, NativeModel
 from blockcert.core.interpreter import run_block
 from blockcert.core.ir import BlockIR
 from blockcert.errors import BlockCertError
@@ -27,10 +27,6 @@ class Completion:
     prompt_ids: tuple[int, ...]  # the exact input ids (chat template applied when the tokenizer has one)
     token_ids: tuple[int, ...]  # the generated ids, the end-of-sequence token included when it came
     text: str  # the generated ids decoded, special tokens skipped
-
-
-class _Captured(Exception):
-    pass
 
 
 def uses_chat_template(lm) -> bool:
@@ -59,24 +55,9 @@ def _eos_ids(lm) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
 
 
-def _step_args(native: NativeModel, ids: torch.Tensor, cache) -> tuple[torch.Tensor, tuple, dict]:
-    """The embeddings of `ids` and the arguments the model hands its blocks for this step (mask, rotary, cache)."""
-    seen: dict = {}
-
-    def hook(_mod, args, kwargs):
-        seen["args"], seen["kwargs"] = args, kwargs
-        raise _Captured
-
-    h = native.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        native.lm.model(input_ids=ids, cache=cache, use_cache=True)
-    except _Captured:
-        pass
-    finally:
-        h.remove()
-    args, kwargs = seen["args"], dict(seen["kwargs"])
-    x = args[0] if args else kwargs.pop("hidden_states")
-    return x, tuple(args[1:]), kwargs
+def _step_args(native: NativeModel, ids: torch.Tensor, cache) -> tuple[torch.Tensor, BlockArgs]:
+    """The embeddings of `ids` and the arguments the model hands each block for this step (mask, rotary, cache)."""
+    return native.layer_args(input_ids=ids, cache=cache, use_cache=True)
 
 
 def _call(layer, x, args, kwargs) -> torch.Tensor:
@@ -100,8 +81,9 @@ def greedy(native: NativeModel, ids: list[int], max_new_tokens: int, block: int 
     history: torch.Tensor | None = None  # the edited block's inputs so far [1, T, d]
     out: list[int] = []
     for _ in range(max_new_tokens):
-        x, args, kwargs = _step_args(native, new, cache)
+        x, ctx = _step_args(native, new, cache)
         for i, layer in enumerate(native.layers):
+            args, kwargs = ctx.of(i)
             if i != block:
                 x = _call(layer, x, args, kwargs)
                 continue

@@ -120,17 +120,21 @@ class NativeModel:
     def embed(self, batch: Batch) -> tuple[torch.Tensor, BlockArgs]:
         """Block 0's input and every block's other arguments, from one pass of the model's own forward with
         each decoder layer replaced by a recorder (no layer computes; embeddings run once)."""
+        return self.layer_args(input_ids=batch.ids.to(self.device),
+                               attention_mask=batch.valid.to(self.device, torch.long), use_cache=False)
+
+    @torch.no_grad()
+    def layer_args(self, **forward_kwargs) -> tuple[torch.Tensor, BlockArgs]:
+        """Block 0's input and the arguments the model's forward, called with `forward_kwargs`, hands each of
+        its decoder layers (masks, rotary tables, a KV cache), every layer standing in for by a recorder.
+        Per layer, because a family may give layers different ones (Gemma 3: sliding-window and global)."""
         seen: list = []
         n = len(self.layers)
         originals = [self.layers[i] for i in range(n)]
         for i in range(n):
             self.layers[i] = _Recorder(originals[i], seen, last=i == n - 1)
         try:
-            self.lm.model(
-                input_ids=batch.ids.to(self.device),
-                attention_mask=batch.valid.to(self.device, torch.long),
-                use_cache=False,
-            )
+            self.lm.model(**forward_kwargs)
         except _Captured:
             pass
         finally:

@@ -5,22 +5,57 @@ Cost: one native forward per chunk of prompts, plus, for loss coverage, the stit
 is bit-identical to the native output on every token: the suffix is then the native suffix on the same
 input, so its losses are the base losses exactly (this is the floor of an exact-copy extraction: one
 forward, no suffix at all).
+
+Memory: `irs` may be a function of the block index, called once when the pass reaches that layer, so the
+caller can derive a block's surrogate when it is needed and drop it (or write it out) right after: the pass
+then holds one surrogate at a time. The next-token losses (head and float64 log-softmax) are computed a
+prompt at a time, so no chunk × vocabulary tensor is ever held; the surrogate too runs a prompt at a
+time, after the native layer (never beside its activations). Every op is per prompt, so the numbers are
+those of whole-chunk calls.
 """
 
 from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Callable, Mapping
 
 import torch
 
 from blockcert.arch.native import NativeModel, next_token_nll
 from blockcert.core.batch import Batch
 from blockcert.core.interpreter import run_block
+from blockcert.core.ir import BlockIR
 from blockcert.core.traces import BlockTrace, LossTrace
 from blockcert.present.progress import track
 
 
+def _libc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed pages back to the system (glibc's malloc_trim; a no-op elsewhere).
+
+    A pass allocates and frees many tensors of tens of MB (a chunk's activations, a prompt's logits); the
+    allocator keeps freed heap pages that later allocations fragment, and the process's resident memory
+    creeps up by hundreds of MB over a pass. Trimming at phase boundaries keeps it at what is live."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 @torch.no_grad()
-def record_traces(native: NativeModel, batch: Batch, blocks: list[int], irs: dict, batch_size: int):
+def record_traces(native: NativeModel, batch: Batch, blocks: list[int],
+                  irs: Mapping[int, BlockIR] | Callable[[int], BlockIR], batch_size: int):
     """Block traces, native decisions, base and stitched losses, visiting each layer once.
+
+    `irs` maps each block to its surrogate, or is a function giving it (called once, at that layer).
 
     The loop is layer-outer: at layer j the native stream of every chunk and every live stitched stream
     (block i < j's surrogate output, continuing through the native suffix) advance together, so a
@@ -39,8 +74,9 @@ def record_traces(native: NativeModel, batch: Batch, blocks: list[int], irs: dic
     cols: dict[int, list] = {i: [] for i in blocks}
     stitched: dict[tuple[int, int], torch.Tensor] = {}  # (block, chunk) -> stitched stream still running
     for j in track(range(len(native.layers)), "tracing native model (layers)", total=len(native.layers)):
+        inputs = []  # block j's input per chunk, for its surrogate once the native layer is done
         with native.materialized(j):
-            for c, b in enumerate(chunks):
+            for c in range(len(chunks)):
                 x = base[c]
                 if j in keep:
                     argmax: dict[int, torch.Tensor] = {}
@@ -50,29 +86,45 @@ def record_traces(native: NativeModel, batch: Batch, blocks: list[int], irs: dic
                     finally:
                         hook.remove()
                     cols[j].append((x.cpu(), y.cpu(), masks[j][c], argmax[j]))
-                    x_hat = _surrogate(irs[j], x, b)
-                    # Bit-identical output: the suffix would be the native suffix on the same input, so its
-                    # losses are the base losses exactly; no stitched stream is needed.
-                    if not torch.equal(x_hat, y):
-                        stitched[(j, c)] = x_hat
+                    inputs.append(x)
                 else:
                     y = native.block(j, x, ctxs[c])
                 for key in [k for k in stitched if k[1] == c and k[0] < j]:
                     stitched[key] = native.block(j, stitched[key], ctxs[c])
                 base[c] = y
+        if j in keep:
+            # The surrogate runs after the native layer, so its tensors and the layer's activations are
+            # never in memory together; `irs(j)` may drop (or write out) the IR once this returns.
+            ir = irs(j) if callable(irs) else irs[j]
+            for c, (x, b) in enumerate(zip(inputs, chunks, strict=True)):
+                x_hat = _surrogate(ir, x, b)
+                # Bit-identical output: the suffix would be the native suffix on the same input, so its
+                # losses are the base losses exactly; no stitched stream is needed.
+                if not torch.equal(x_hat, base[c]):
+                    stitched[(j, c)] = x_hat
+            ir = inputs = None
+        release_freed_memory()
     losses: dict[int, list] = {i: [] for i in blocks}
     for c, b in enumerate(chunks):
-        base_nll, ok = next_token_nll(native.logits(base[c]), b)
+        base_nll, ok = _nll(native, base[c], b)
         for i in blocks:
             xs = stitched.pop((i, c), None)
-            nll = base_nll.clone() if xs is None else next_token_nll(native.logits(xs), b)[0]
+            nll = base_nll.clone() if xs is None else _nll(native, xs, b)[0]
             losses[i].append((base_nll, nll, ok))
+            release_freed_memory()
     traces = {}
     for i in blocks:
         x_in, x_out, mask, am = (torch.cat(c) for c in zip(*cols[i], strict=True))
         traces[i] = BlockTrace(x_in, x_out, batch.valid.clone(), batch.positions, mask, am)
     loss = {i: LossTrace(*(torch.cat(c) for c in zip(*losses[i], strict=True))) for i in blocks}
     return traces, loss
+
+
+def _nll(native: NativeModel, x: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """next_token_nll of the chunk, one prompt at a time: the same numbers (the head and the log-softmax are
+    per token), without the chunk's logits, their float64 copy and its log-softmax in memory at once."""
+    rows = [next_token_nll(native.logits(x[r:r + 1]), b.rows(r, r + 1)) for r in range(x.shape[0])]
+    return torch.cat([n for n, _ in rows]), torch.cat([ok for _, ok in rows])
 
 
 def _keep_argmax(store: dict, i: int):
@@ -85,4 +137,7 @@ def _keep_argmax(store: dict, i: int):
 
 
 def _surrogate(ir, x: torch.Tensor, b: Batch) -> torch.Tensor:
-    return run_block(ir, x, b.valid.to(x.device), b.positions.to(x.device))
+    """The surrogate's output on the chunk, a prompt at a time: each prompt's rows are the same numbers as
+    in a whole-chunk call (every op is per prompt), and the working set is one prompt's."""
+    valid, positions = b.valid.to(x.device), b.positions.to(x.device)
+    return torch.cat([run_block(ir, x[r:r + 1], valid[r:r + 1], positions[r:r + 1]) for r in range(x.shape[0])])

@@ -14,6 +14,13 @@ along that segment then gives dist(B̂(x̂_i), B̂(x_i)) ≤ L·dist(x̂_i, x_i)
 centred on its pieces keeps every box small (radius ‖x̂_t − x_t‖/2K), which is what keeps the softmax
 and norm-layer terms close to their values at a point. With a fixed radius ρ the set is instead the single
 max-token ball of radius ρ around x_i.
+
+Rounding (issue 18): the constant is an upper bound by construction, with no relative margin. The boxes cover
+the segment exactly (the float64 rounding of their centers is added to their radii); every center quantity
+is an enclosure (attention.py, mlp.py) or carries its rounding into the set radii (the norm outputs through
+η, the mid-block residual through the MLP ball's radius); κ is computed from a rigorous lower bound of the
+radial part; and every value assembled from these upper bounds by monotone float64 operations is rounded up
+by `grow` with the number of roundings on its longest path counted.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ from blockcert.bounds.attention import (
     attention_displacement,
 )
 from blockcert.bounds.mlp import center_norms, local_boxes, mlp_bound_global, split_bound
-from blockcert.bounds.norm import eta, kappa, normalise, radial
+from blockcert.bounds.norm import eta, kappa, normalise
 from blockcert.bounds.norm import rounding as norm_rounding
-from blockcert.bounds.weights import F64, PreparedBlock
+from blockcert.bounds.spectral import gamma_up, grow, shrink
+from blockcert.bounds.weights import F64, NormParams, PreparedBlock
 
-RADIUS_MARGIN = 1e-6  # relative: box radii are rounded up past the float rounding of the deviations
+_U = 2.0**-53
 
 
 @dataclass(frozen=True)
@@ -53,13 +61,28 @@ class Neighbourhood:
 
 
 def segment_cover(x: torch.Tensor, x_hat: torch.Tensor, positions: torch.Tensor, pieces: int) -> Neighbourhood:
-    """K boxes covering the segment [x, x̂]: centers at the midpoints of K equal pieces, radius ‖x̂_t − x_t‖/2K."""
+    """K boxes covering the segment [x, x̂] exactly: centers at the midpoints of K equal pieces, radius
+    ‖x̂_t − x_t‖/2K plus the float64 rounding of the centers.
+
+    With D = x̂ − x exact and D̂ = fl(D), ŝ = fl((2j+1)/2K), ĉ = fl(x + fl(ŝ·D̂)): |ĉ − (x + sD)| ≤ u|ĉ| + 4u|D̂|
+    elementwise (one rounding each for D̂, ŝ, the product and the sum; s ≤ 1), and 0 where D̂ = 0 (then ĉ = x
+    exactly). A point x + τD of piece j is within ‖D_t‖/2K of the exact center, so within that plus the center's
+    error of ĉ; ‖D_t‖ ≤ (1 + u)‖D̂_t‖ and ‖D̂_t‖ is computed with ≤ d + 1 roundings.
+    """
     x64, xh64 = _f64(x), _f64(x_hat)
-    dev = (xh64 - x64).norm(dim=-1)
+    diff = xh64 - x64
+    d = diff.shape[-1]
+    dev = torch.sqrt((diff * diff).sum(-1))
     k = pieces if bool((dev > 0).any()) else 1
-    centers = tuple(x64 + ((2 * j + 1) / (2 * k)) * (xh64 - x64) for j in range(k))
-    radius = dev / (2 * k) * (1 + RADIUS_MARGIN)
-    return Neighbourhood(x64, centers, (radius,) * k, positions)
+    moved = diff != 0
+    zero = torch.zeros((), dtype=F64)
+    centers, radii = [], []
+    for j in range(k):
+        c = x64 + ((2 * j + 1) / (2 * k)) * diff
+        err = torch.where(moved, _U * c.abs() + 4 * _U * diff.abs(), zero)
+        centers.append(c)
+        radii.append((dev / (2 * k) * grow(d + 4) + torch.sqrt((err * err).sum(-1)) * grow(d + 8)) * grow(1))
+    return Neighbourhood(x64, tuple(centers), tuple(radii), positions)
 
 
 def ball(x: torch.Tensor, radius: float, positions: torch.Tensor) -> Neighbourhood:
@@ -71,11 +94,11 @@ def ball(x: torch.Tensor, radius: float, positions: torch.Tensor) -> Neighbourho
 def weighted_ball(x: torch.Tensor, radius: float, w_in: torch.Tensor, w_out: torch.Tensor,
                   positions: torch.Tensor) -> Neighbourhood:
     """The ball {Y : max_t w_in_t‖Y_t − x_t‖ ≤ ρ} (per-token radii ρ/w_in_t, rounded up), with the operator norm
-    taken from the distance weighted by w_in to the one weighted by w_out."""
+    taken from the distance weighted by w_in to the one weighted by w_out (μ_t ≥ 1/w_in_t, rounded up)."""
     x64 = _f64(x)
     w_in, w_out = _f64(w_in), _f64(w_out)
-    radii = float(radius) / w_in * (1 + RADIUS_MARGIN)
-    return Neighbourhood(x64, (x64,), (radii,), positions, mu=(1 / w_in) * (1 + RADIUS_MARGIN), w_out=w_out)
+    radii = float(radius) / w_in * grow(1)  # one division, then grow's own product
+    return Neighbourhood(x64, (x64,), (radii,), positions, mu=(1 / w_in) * grow(1), w_out=w_out)
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,37 @@ def _f64(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(device="cpu", dtype=F64)
 
 
+def radial_lower(kind: str, x: torch.Tensor) -> torch.Tensor:
+    """≤ the exact ‖x_t‖ (RMS) or ‖x_t − mean(x_t)‖ (LayerNorm) of float64 points x [N, d], per token.
+
+    RMS: fl(√Σx²) ≤ ‖x‖(1 + γ_{d+1}), so shrink(d + 2) of it is below ‖x‖. LayerNorm: ŷ = fl(x − μ̂) with
+    |μ̂ − μ| ≤ δ := γ_d·mean|x| (d − 1 sums and a division). Px ⊥ 1, so ‖x − μ̂1‖² = ‖Px‖² + d(μ − μ̂)² and
+    ‖Px‖² ≥ ‖x − μ̂1‖² − dδ², with ‖x − μ̂1‖ ≥ ‖ŷ‖/(1 + u): a second-order correction only. Each remaining
+    rounding is taken downward (1 − 4u after the square, the difference and the square root).
+    """
+    d = x.shape[-1]
+    if kind != "layer":
+        return torch.sqrt((x * x).sum(-1)) * shrink(d + 2)
+    y = x - x.mean(dim=-1, keepdim=True)
+    near = torch.sqrt((y * y).sum(-1)) * shrink(d + 4)
+    delta = gamma_up(d) * x.abs().mean(-1) * grow(d + 2)
+    off = d * delta * delta * grow(3)
+    return torch.sqrt(torch.clamp(near * near * (1 - 4 * _U) - off, min=0.0)) * (1 - 4 * _U)
+
+
+def kappa_up(p: NormParams, center: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(κ, the radial lower bound): norm.py's κ at a rigorous lower bound of the radial part, rounded up past
+    its own ≤ 7 roundings (the subtraction ρ, the square, /d, +eps, √, 1/·; κ is decreasing in the floor)."""
+    rad = radial_lower(p.kind, center)
+    return kappa(p, rad, rho, center.shape[-1]) * grow(8), rad
+
+
+def eta_up(p: NormParams, kap: torch.Tensor, rho: torch.Tensor, d: int) -> torch.Tensor:
+    """≥ ‖n(Y) − fl(n(c))‖ on the ball: min(ρκ, 2√d) (one product, and √d one rounding: grow(2)) plus the float64
+    evaluation error of the center's normalisation (norm.rounding), then the sum's rounding."""
+    return (eta(kap, rho, d) * grow(2) + norm_rounding(p, d)) * grow(1)
+
+
 @dataclass(frozen=True)
 class _AttnPart:
     a: torch.Tensor  # [T] attention Jacobian bound per query over the whole set
@@ -109,26 +163,34 @@ class _AttnPart:
 
 def _attention_part(prep: PreparedBlock, s: Neighbourhood) -> _AttnPart:
     d = prep.d
-    z0 = s.x + attention_center(prep, normalise(prep.norm1, s.x), s.positions).out
+    # The MLP ball's center: any float point will do (its distance to every exact Z_t(Y) is what is bounded).
+    z0 = s.x + attention_center(prep, normalise(prep.norm1, s.x), s.positions, enclose=False).out
     a = torch.zeros(s.x.shape[0], dtype=F64)
     z_radius = torch.zeros_like(a)
     zero = False
     mu = _mu(s)
+    # ‖Attn(n(c)) − Attn(ñ)‖ ≤ Lip_n·‖n(c) − ñ‖: the attention's Lipschitz constant in n over ‖n_s‖ ≤ √d
+    # (global, crude) times the normalisation's rounding (~1e-15·√d): negligible next to the box radii.
+    n_move = attention_bound_global(prep, kap=1.0) * norm_rounding(prep.norm1, d) * grow(1)
     for center, rho in zip(s.centers, s.radii, strict=True):
-        rad1 = radial(prep.norm1.kind, center)
+        k1, rad1 = kappa_up(prep.norm1, center, rho)
         zero |= bool((rho >= rad1).any())
-        k1 = kappa(prep.norm1, rad1, rho, d)
-        # The exact n(Y) lies within η of the exact n(center), which lies within `rounding` of the computed one.
-        e1 = eta(k1, rho, d) + norm_rounding(prep.norm1, d)
+        # The exact n(Y) lies within η of the exact n(center), which lies within `rounding` of ñ = fl(n(center)).
+        e1 = eta_up(prep.norm1, k1, rho, d)
         c = attention_center(prep, normalise(prep.norm1, center), s.positions)
         geo = AttentionGeometry(prep, c, s.positions)
         a = torch.maximum(a, attention_bound(geo, k1, e1, mu))
-        # ‖Attn_t(Y) − Attn_t(center)‖ on the box: through the Jacobian (mean value) or directly; both hold.
-        moved = torch.minimum(attention_bound(geo, k1, e1, rho), attention_displacement(geo, e1))
-        # Every Z_t(Y) of this box lies within ‖z_t(center) − z_t(x)‖ + ρ_t + moved_t of z_t(x).
+        # ‖Attn_t(Y) − Attn_t(ñ)‖ on the box, two ways, both hold: directly; or through the Jacobian from the
+        # center (mean value on the box) plus the move from n(center) to ñ.
+        via_jac = (attention_bound(geo, k1, e1, rho) + n_move) * grow(1)
+        moved = torch.minimum(via_jac, attention_displacement(geo, e1))
+        # Every exact Z_t(Y) of this box lies within ‖Z_t(c) − z_c‖ + ‖z_c − z0‖ + ρ_t + moved_t of z0, where
+        # z_c = fl(c + Attn(ñ)) and Attn(ñ) ∈ out ± out_rad: ‖Z_t(c) − z_c‖ ≤ ‖out_rad + u|z_c|‖.
         z_c = center + c.out
-        reach = (z_c - z0).norm(dim=-1) * (1 + 1e-12) + rho + moved
-        z_radius = torch.maximum(z_radius, reach * (1 + 1e-12))
+        z_err = torch.sqrt(((c.out_rad + _U * z_c.abs()) ** 2).sum(-1)) * grow(d + 6)
+        gap = (z_c - z0).norm(dim=-1) * grow(d + 3)
+        reach = (gap + z_err + rho + moved) * grow(3)
+        z_radius = torch.maximum(z_radius, reach)
     return _AttnPart(a, z0, z_radius, zero)
 
 
@@ -142,7 +204,10 @@ def _w_out(s: Neighbourhood) -> torch.Tensor:
 
 def local_bound(prep: PreparedBlock, sets: list[Neighbourhood]) -> LocalBound:
     """sup over the sets of the Jacobian's operator norm, from each set's input to its output distance:
-    with ‖δ_s‖ ≤ μ_s, ‖(Jδ)_t‖ ≤ (1 + m_t)(μ_t + a_t(μ)), so L = max_t w_out_t(1 + m_t)(μ_t + a_t(μ))."""
+    with ‖δ_s‖ ≤ μ_s, ‖(Jδ)_t‖ ≤ (1 + m_t)(μ_t + a_t(μ)), so L = max_t w_out_t(1 + m_t)(μ_t + a_t(μ)).
+
+    An upper bound by construction: every factor is one (attention.py, mlp.py, the helpers above), and the
+    products and sums that combine them are rounded up by `grow` with their count (no relative margin)."""
     d = prep.d
     mu = torch.cat([_mu(s) for s in sets])
     w_out = torch.cat([_w_out(s) for s in sets])
@@ -150,35 +215,39 @@ def local_bound(prep: PreparedBlock, sets: list[Neighbourhood]) -> LocalBound:
     a = torch.cat([p.a for p in parts])
     z = torch.cat([p.z for p in parts])
     rho_z = torch.cat([p.z_radius for p in parts])
-    rad2 = radial(prep.norm2.kind, z)
+    k2, rad2 = kappa_up(prep.norm2, z, rho_z)
     zero = any(p.zero_norm for p in parts) or bool((rho_z >= rad2).any())
-    k2 = kappa(prep.norm2, rad2, rho_z, d)
-    box = local_boxes(prep, normalise(prep.norm2, z), eta(k2, rho_z, d) + norm_rounding(prep.norm2, d))
+    box = local_boxes(prep, normalise(prep.norm2, z), eta_up(prep.norm2, k2, rho_z, d))
     # One envelope of the box radii per prompt, each token's scaled by its own κ: κ_t·radius_t ≤ R_p for
-    # every token t of prompt p (a per-token split would cost two spectral norms per token).
+    # every token t of prompt p (a per-token split would cost two spectral norms per token). split_bound is
+    # positively homogeneous, so split(κh) = κ·split(h); κh is one product: grow(1).
     sizes = [s.x.shape[0] for s in sets]
-    scaled = k2[:, None] * box.half
+    scaled = k2[:, None] * box.half * grow(1)
     radius = torch.cat([torch.full((n,), split_bound(prep, part.amax(0)), dtype=F64)
                         for part, n in zip(scaled.split(sizes), sizes, strict=True)])
 
-    def block_const(i: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    def block_const(i: torch.Tensor, center: torch.Tensor) -> torch.Tensor:  # only ranks tokens for refinement
         return w_out[i] * (1 + k2[i] * center + radius[i]) * (mu[i] + a[i])
 
+    def combine(i, m_i):  # w_out(1 + m)(μ + a): 4 roundings on upper bounds
+        return w_out[i] * (1 + m_i) * (mu[i] + a[i]) * grow(4)
+
     centers, refined = center_norms(prep, box.mid, block_const)
-    m = k2 * centers + radius
-    per = w_out * (1 + m) * (mu + a)
+    m = (k2 * centers + radius) * grow(2)
+    every = torch.arange(a.shape[0])
+    per = combine(every, m)
     # The envelope is loose for any single token: give the token that sets the maximum its own split
     # bound, until the maximum is held by a token that already has it (each value stays an upper bound).
     own = torch.zeros(a.shape[0], dtype=torch.bool)
     while not bool(own[int(per.argmax())]):
         i = int(per.argmax())
         own[i] = True
-        m[i] = k2[i] * centers[i] + min(float(radius[i]), split_bound(prep, k2[i] * box.half[i]))
-        per[i] = w_out[i] * (1 + m[i]) * (mu[i] + a[i])
+        mine = split_bound(prep, k2[i] * box.half[i] * grow(1))
+        m[i] = (k2[i] * centers[i] + min(float(radius[i]), mine)) * grow(2)
+        per[i] = combine(i, m[i])
     return LocalBound(
-        lipschitz=float(per.max()) * (1 + 1e-9), k_attn=float(a.max()), k_mlp=float(m.max()),
-        per_token=tuple(t * (1 + 1e-9) for t in per.split(sizes)), zero_norm=zero,
-        tokens_exact=refined,
+        lipschitz=float(per.max()), k_attn=float(a.max()), k_mlp=float(m.max()),
+        per_token=tuple(per.split(sizes)), zero_norm=zero, tokens_exact=refined,
     )
 
 
@@ -192,4 +261,4 @@ def global_bound(prep: PreparedBlock) -> GlobalBound:
     """A Lipschitz constant valid for all inputs (finite only because eps > 0 and norms bound their output)."""
     a = GLOBAL_RULES["attention"](prep)
     m = GLOBAL_RULES["mlp"](prep)
-    return GlobalBound(lipschitz=(1 + m) * (1 + a) * (1 + 1e-9), k_attn=a, k_mlp=m)
+    return GlobalBound(lipschitz=(1 + m) * (1 + a) * grow(3), k_attn=a, k_mlp=m)  # 3 roundings on upper bounds

@@ -28,11 +28,12 @@ import torch
 
 from blockcert.bounds.activations import act_prime_range, act_range, outward
 from blockcert.bounds.norm import kappa_global
-from blockcert.bounds.spectral import gamma, scaled_spectral_upper, spectral_upper_many
+from blockcert.bounds.spectral import gamma, grow, scaled_spectral_upper, spectral_upper_many
 from blockcert.bounds.weights import F64, PreparedBlock
 from blockcert.core.exact import float_up
 
 CHUNK = 16  # tokens whose center Jacobians are formed and bounded at once (memory: CHUNK·m·d floats)
+_TWO_U = 2.0**-52
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,14 @@ class CoefBox:
 
     @property
     def half(self) -> torch.Tensor:
-        # Rounded up: mid ± half must cover [lo, hi] despite float rounding of both.
-        return 0.5 * (self.hi - self.lo) * (1 + 1e-12) + 1e-300
+        # mid ± half must cover [lo, hi] although mid = fl((lo + hi)/2) is off by ≤ u|mid| and fl(hi − lo)
+        # rounds: half = (fl(hi − lo)/2 + 2u|mid|)·(1 + 8u) ≥ (hi − lo)/2 + u|mid|/(1 − u) (4 roundings on
+        # nonnegative values). A purely relative widening fails for a box narrow next to its center.
+        return (0.5 * (self.hi - self.lo) + _TWO_U * self.mid.abs()) * grow(4) + 1e-300
 
 
 def _row_norms(w: torch.Tensor) -> torch.Tensor:
-    return w.norm(dim=1) * (1 + float(gamma(w.shape[1] + 4)))  # float64 row norms, rounded up past their rounding
+    return torch.sqrt((w * w).sum(1)) * grow(w.shape[1] + 2)  # float64 row norms, rounded up past their rounding
 
 
 def _mul_range(alo, ahi, blo, bhi):
@@ -73,37 +76,43 @@ def coef_box(prep: PreparedBlock, g_c: torch.Tensor, g_rad: torch.Tensor,
     dlo, dhi = act_prime_range(name, g_lo, g_hi)
     alo, ahi = _mul_range(dlo, dhi, u_lo, u_hi)
     blo, bhi = act_range(name, g_lo, g_hi)
-    # Product intervals are computed in float64: widen by a relative 1e-12 for their rounding.
+    # Product intervals are computed in float64: one rounding per product (≤ u = 1.1e-16 relative), covered by
+    # a relative 1e-12 (a bounded count: the margin exceeds the one rounding 9000-fold).
     w = 1e-12 * torch.maximum(alo.abs(), ahi.abs())
     return CoefBox(torch.cat([alo - w, blo], -1), torch.cat([ahi + w, bhi], -1))
 
 
-def _pre_activation(n2: torch.Tensor, eta2: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
-    """Center and radius of W n + b over ‖n − n2‖ ≤ η: the move η‖W[j,:]‖ plus the float64 rounding of the
-    center itself, γ_{d+1}(|n2|·|W|ᵀ + |b|) (Higham Thm 3.1), so the exact pre-activation of every n in the
-    ball lies in c ± rad although c = fl(n2·Wᵀ + b) is not exact."""
+def _pre_activation(n2: torch.Tensor, eta2: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                    b_rad: torch.Tensor | None = None):
+    """Center and radius of W n + b* over ‖n − n2‖ ≤ η: the move η‖W[j,:]‖, the float64 rounding of the
+    center itself, γ_{d+1}(|n2|·|W|ᵀ + |b|) (Higham Thm 3.1), and the folded bias's own radius |b* − b| ≤ b_rad
+    (weights.py), so the exact pre-activation of every n in the ball lies in c ± rad although
+    c = fl(n2·Wᵀ + b) is not exact. The radius is a sum of nonnegative terms ≤ d + 6 roundings deep (the
+    (d+1)-term absolute sum, the γ product, the bias radius, η‖row‖ and the sum): grow(d + 10)."""
     c = n2 @ w.T + b
     err = float(gamma(w.shape[1] + 1)) * (1 + 1e-12) * (n2.abs() @ w.abs().T + b.abs())
-    rad = (eta2[:, None] * _row_norms(w)[None, :] + err) * (1 + float(gamma(w.shape[1] + 10)))
+    if b_rad is not None:
+        err = err + b_rad
+    rad = (eta2[:, None] * _row_norms(w)[None, :] + err) * grow(w.shape[1] + 10)
     return c, rad
 
 
 def local_boxes(prep: PreparedBlock, n2: torch.Tensor, eta2: torch.Tensor) -> CoefBox:
     """Coefficient boxes for tokens whose normalised input lies within eta2 [N] of n2 [N, d]."""
-    u_c, u_rad = _pre_activation(n2, eta2, prep.wu, prep.bu)
+    u_c, u_rad = _pre_activation(n2, eta2, prep.wu, prep.bu, prep.bu_rad)
     if prep.mlp_kind == "plain":
         return coef_box(prep, u_c, u_rad, u_c, u_rad)
-    g_c, g_rad = _pre_activation(n2, eta2, prep.wg, prep.bg)
+    g_c, g_rad = _pre_activation(n2, eta2, prep.wg, prep.bg, prep.bg_rad)
     return coef_box(prep, g_c, g_rad, u_c, u_rad)
 
 
 def global_box(prep: PreparedBlock) -> CoefBox:
     """Coefficient box over all inputs: ‖n‖ < √d, so each pre-activation is within √d·‖row‖ of its bias."""
     rd = math.sqrt(prep.d)
-    u_rad = (rd * _row_norms(prep.wu))[None]
+    u_rad = ((rd * _row_norms(prep.wu) + prep.bu_rad) * grow(3))[None]
     if prep.mlp_kind == "plain":
         return coef_box(prep, prep.bu[None], u_rad, prep.bu[None], u_rad)
-    g_rad = (rd * _row_norms(prep.wg))[None]
+    g_rad = ((rd * _row_norms(prep.wg) + prep.bg_rad) * grow(3))[None]
     return coef_box(prep, prep.bg[None], g_rad, prep.bu[None], u_rad)
 
 
@@ -136,8 +145,10 @@ def _center_matrices(prep: PreparedBlock, mid: torch.Tensor) -> tuple[torch.Tens
         gu = (prep.wg.abs() * prep.wu.abs()).sum(1)
         abs_n_sq = (a * a) @ gg + 2 * (a * b).abs() @ gu + (b * b) @ uu  # ‖ |α||W_g| + |β||W_u| ‖_F²
     k = prep.wd[None] @ n
-    # Forming N adds ≤ 3 roundings per entry and the product γ_m: |fl(K) − K| ≤ γ_{m+3}|W_d|·(|α||W_g| + |β||W_u|).
-    err = float(gamma(m + 3)) * (1 + 1e-12) * float(prep.wd.norm()) * torch.sqrt(abs_n_sq) * (1 + 1e-12)
+    # Forming N adds ≤ 3 roundings per entry and the product γ_m: |fl(K) − K| ≤ γ_{m+3}|W_d|·(|α||W_g| + |β||W_u|),
+    # in spectral norm ≤ γ_{m+3}‖W_d‖_F‖ |α||W_g| + |β||W_u| ‖_F. The last factor is a sum over m of d-term sums
+    # (≤ m + d + 4 roundings on any path, halved by the square root), the rest 3 products: grow(m + d + 8).
+    err = float(gamma(m + 3)) * (1 + 1e-12) * prep.wd_frob * torch.sqrt(abs_n_sq) * grow(m + prep.d + 8)
     return k, err
 
 
@@ -186,7 +197,7 @@ def center_norms(
             return value_of(live[idx], up + err[idx]) <= best
 
         up, _ = spectral_upper_many(k, rtol=1e-3, enough=enough)
-        out[live] = torch.minimum(out[live], (up + err) * (1 + 1e-15))
+        out[live] = torch.minimum(out[live], (up + err) * grow(1))
         refined += live.numel()
     return out, refined
 
@@ -196,6 +207,7 @@ def mlp_bound_global(prep: PreparedBlock) -> float:
     box = global_box(prep)
     k, err = _center_matrices(prep, box.mid)
     up, _ = spectral_upper_many(k)
-    via_center = float(up[0] + err[0]) + split_bound(prep, box.half[0])
+    via_center = Fraction(float(up[0])) + Fraction(float(err[0])) + Fraction(split_bound(prep, box.half[0]))
     magnitude = split_bound(prep, torch.maximum(box.lo.abs(), box.hi.abs())[0])
-    return float_up(Fraction(kappa_global(prep.norm2)) * Fraction(min(via_center, magnitude)))
+    # κ = 1/√eps is two roundings from the exact value: grow(2).
+    return float_up(Fraction(kappa_global(prep.norm2)) * Fraction(grow(2)) * min(via_center, Fraction(magnitude)))

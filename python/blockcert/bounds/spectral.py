@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from functools import cache
 
 import torch
 
@@ -37,6 +38,34 @@ def gamma(n: int) -> Fraction:
     if nu >= 1:
         raise ValueError(f"dimension {n} too large for the float64 error bound")
     return nu / (1 - nu)
+
+
+@cache
+def gamma_up(n: int) -> float:
+    """A float ≥ γ_n."""
+    return float_up(gamma(n))
+
+
+@cache
+def grow(n: int) -> float:
+    """The float factor F = fl↑(1 + γ_{n+1}) that makes a computed nonnegative value an upper bound again.
+
+    Use: x̂ is computed from nonnegative leaves that are themselves upper bounds (or exact) by monotone
+    operations (+, ×, √, min, max, and divisions by exact positive constants), and no leaf-to-root path passes
+    more than n float64 roundings. Each rounding of a nonnegative result is ≥ (exact)(1 − u), so
+    x̂ ≥ x·(1 − u)^n, and fl(x̂·F) ≥ x(1 − u)^{n+1}/(1 − (n+1)u) ≥ x, the exact value of the same expression.
+    (Sums of k terms count k − 1 roundings along every path, in any summation order: Higham Lemma 3.1/3.3.)
+    """
+    return float_up(1 + gamma(n + 1))
+
+
+@cache
+def shrink(n: int) -> float:
+    """The float factor fl↓(1 − γ_{n+1}): for a nonnegative value computed with ≤ n roundings along every path
+    from exact leaves, fl(x̂·shrink(n)) ≤ x (the mirror of `grow`, for lower bounds)."""
+    q = 1 - gamma(n + 1)
+    f = float(q)
+    return f if Fraction(f) <= q else math.nextafter(f, 0.0)
 
 
 def sqrt_up(q: Fraction, bits: int = 80) -> Fraction:
@@ -104,7 +133,9 @@ def psd_factor(w: torch.Tensor) -> torch.Tensor:
     elementwise (inner dimension d, not n), so in spectral norm ≤ γ_d‖ |W| ‖_F² = γ_d‖W‖_F². Cholesky of
     A = fl(WWᵀ) + τI: L̂L̂ᵀ = A + E with ‖E‖₂ ≤ γ_{n+1}‖L̂‖_F² (Higham Thm 10.3) and ‖L̂‖_F² = tr(A)(1 + O(γ)).
     With F = ‖W‖_F² and tr(A) ≤ (1 + γ_d)F + nτ, τ = 2γ_d·F + 4γ_{n+1}·(2F + 1e-300) (for nγ_{n+1} ≤ 1/8)
-    makes τI + E − (fl(WWᵀ) − WWᵀ) ⪰ 0, i.e. L̂L̂ᵀ ⪰ WWᵀ.
+    makes τI + E − (fl(WWᵀ) − WWᵀ) ⪰ 0, i.e. L̂L̂ᵀ ⪰ WWᵀ. The γ of the Gram term is that of its inner dimension d
+    (a d-term dot product per entry; the head dimension n is the Cholesky's): for W_q^h [hd, d] that is d. The
+    diagonal's own rounding in fl(fl(WWᵀ) + τ), ≤ u(F(1 + γ_d) + τ), and float(F)'s are inside the factor 2.
     """
     n, d = w.shape
     f = float(frobenius_sq_upper(w))

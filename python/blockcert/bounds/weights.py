@@ -5,7 +5,9 @@ Folding: a norm layer outputs w ⊙ n(y) + b with n the unit-gain normalisation;
 sees W(w ⊙ n + b) + c = (W diag(w)) n + (W b + c). Bounding ‖W diag(w)‖ directly is much tighter than
 ‖W‖·max|w|, and it leaves a single nonlinearity, n, whose Jacobian is known exactly (norm.py).
 float32 × float32 products are exact in float64 (48 ≤ 53 significand bits), so the folded weights are
-exactly the real-valued maps the block computes (the folded biases are only used for center values).
+exactly the real-valued maps the block computes; `prepare_block` checks this (`_exact_fold`) and refuses an
+IR whose products would round. The folded biases W b + c do round (a (d+1)-term dot product); each carries
+its enclosure radius γ_{d+1}(|W||b| + |c|) (`b*_rad`), which the center enclosures add (attention.py, mlp.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from blockcert.bounds.spectral import product_upper, psd_factor, spectral_upper
+from blockcert.bounds.spectral import (
+    frobenius_sq_upper,
+    gamma_up,
+    grow,
+    product_upper,
+    psd_factor,
+    spectral_upper,
+    sqrt_up,
+)
+from blockcert.core.exact import float_up
 from blockcert.core.ir import BlockIR
 from blockcert.errors import BlockCertError
 
@@ -72,6 +83,18 @@ class PreparedBlock:
     wq_factor: torch.Tensor  # [H, hd, hd] L with L Lᵀ ⪰ W_q^h W_q^hᵀ
     wk_gram: torch.Tensor  # [G, hd, hd]
     o_gram: torch.Tensor  # [H, hd, hd] W_o^hᵀ W_o^h
+    # Rounding allowances of the center enclosures (attention.py, mlp.py).
+    bq_rad: torch.Tensor  # [H, hd] ≥ |fl(folded bias) − exact folded bias|, elementwise
+    bk_rad: torch.Tensor  # [G, hd]
+    bv_rad: torch.Tensor  # [G, hd]
+    bg_rad: torch.Tensor | None  # [m] (gated only)
+    bu_rad: torch.Tensor  # [m]
+    fq: torch.Tensor  # [H] ≥ ‖W_q^h‖_F² (the Gram matrices' rounding is γ_d times it, in spectral norm)
+    fk: torch.Tensor  # [G] ≥ ‖W_k^g‖_F²
+    fo: torch.Tensor  # [H] ≥ ‖W_o^h‖_F²
+    nl: torch.Tensor  # [H] ≥ ‖L_h‖₂ (L_h = wq_factor[h])
+    lf: torch.Tensor  # [H] ≥ ‖L_h‖_F
+    wd_frob: float  # ≥ ‖W_d‖_F
 
     @property
     def group_of_head(self) -> torch.Tensor:
@@ -97,11 +120,55 @@ def rope_gain(cos: torch.Tensor, sin: torch.Tensor) -> float:
     """
     h = cos.shape[-1] // 2
     a, b, c, d = cos[:, :h], -sin[:, :h], sin[:, h:], cos[:, h:]
+    # σ_max² = (s + √(s² − 4 det²))/2 with s = ‖B‖_F². For a near-rotation s² − 4 det² cancels (both ≈ 4),
+    # and its float64 rounding (≈ 16u absolute) would move √ by ≈ 4e-8: use the exact factorisation
+    # s² − 4 det² = ((a − d)² + (b + c)²)·((a + d)² + (b − c)²), a product of nonnegative terms.
     s = a * a + b * b + c * c + d * d
-    det = a * d - b * c
-    disc = torch.clamp(s * s - 4 * det * det, min=0.0)
+    disc = ((a - d) ** 2 + (b + c) ** 2) * ((a + d) ** 2 + (b - c) ** 2)
     sigma = torch.sqrt((s + torch.sqrt(disc)) / 2)
-    return float(sigma.max()) * (1 + 1e-12)
+    # Every operation acts on nonnegative values (a − d etc. are single roundings of exact inputs, relative
+    # error ≤ u): at most 12 roundings along any path (`grow`).
+    return float(sigma.max()) * grow(12)
+
+
+def _sig_bits(t: torch.Tensor) -> int:
+    """The most significant bits any nonzero entry of a float64 tensor needs (0 for an all-zero tensor)."""
+    t = t[(t != 0) & torch.isfinite(t)]
+    if t.numel() == 0:
+        return 0
+    mant, _ = torch.frexp(t.abs())  # t = mant·2^e, mant ∈ [1/2, 1)
+    m = torch.ldexp(mant, torch.full_like(mant, 53, dtype=torch.int32)).to(torch.int64)  # exact 53-bit integer
+    low = m & -m  # lowest set bit
+    tz = torch.frexp(low.to(torch.float64))[1] - 1
+    return int((53 - tz).max())
+
+
+def _exact_fold(w: torch.Tensor, w_in: torch.Tensor, name: str, index: int) -> None:
+    """W·diag(w_in) is formed exactly in float64 when the two factors' significands fit 53 bits together and no
+    product falls below the normal range (float32 or bf16 weights always do)."""
+    bits = _sig_bits(w) + _sig_bits(w_in)
+    prods = w.abs() * w_in.abs()[None, :]
+    tiny = bool(((prods < 2.0**-960) & (prods != 0)).any())
+    if bits > 53 or tiny:
+        raise BlockCertError(f"block {index}: folding the norm gain into {name} would round in float64 "
+                             f"({bits} significand bits); the bounds need the block's weights in float32 or narrower")
+
+
+def _bias_rad(w: torch.Tensor, b_in: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """≥ |fl(W b + c) − (W b + c)| elementwise: γ_{d+1}(|W||b| + |c|) (Higham Thm 3.1; 0 when b = 0, the sum being
+    W·0 + c = c exactly). The allowance itself is a (d+2)-deep sum of nonnegative terms, rounded up by `grow`."""
+    if not bool((b_in != 0).any()):
+        return torch.zeros_like(c)
+    n = w.shape[1]
+    return gamma_up(n + 1) * (w.abs() @ b_in.abs() + c.abs()) * grow(n + 3)
+
+
+def _frob_up(w: torch.Tensor) -> float:
+    return float_up(frobenius_sq_upper(w))
+
+
+def _frob_norm_up(w: torch.Tensor) -> float:
+    return float_up(sqrt_up(frobenius_sq_upper(w)))
 
 
 def prepare_block(ir: BlockIR) -> PreparedBlock:
@@ -115,7 +182,12 @@ def prepare_block(ir: BlockIR) -> PreparedBlock:
         w = _get(ts, f"{name}.weight", i)
         if w.shape != (rows, d):
             raise BlockCertError(f"block {i}: {name}.weight has shape {tuple(w.shape)}, expected {(rows, d)}")
-        return w * w_in, w @ b_in + _opt(ts, f"{name}.bias", (rows,))
+        _exact_fold(w, w_in, name, i)
+        c = _opt(ts, f"{name}.bias", (rows,))
+        return w * w_in, w @ b_in + c
+
+    def fold_rad(name: str, b_in: torch.Tensor, rows: int) -> torch.Tensor:
+        return _bias_rad(_get(ts, f"{name}.weight", i), b_in, _opt(ts, f"{name}.bias", (rows,)))
 
     wq, bq = fold("attn.q", w1, b1, n_h * hd)
     wk, bk = fold("attn.k", w1, b1, n_kv * hd)
@@ -139,6 +211,7 @@ def prepare_block(ir: BlockIR) -> PreparedBlock:
         gain = rope_gain(cos, sin)
     heads = range(n_h)
     wo_h = [wo[:, h * hd : (h + 1) * hd] for h in heads]
+    factors = [psd_factor(wq[h]) for h in heads]
     return PreparedBlock(
         index=i, family=spec.family, d=d, n_heads=n_h, n_kv=n_kv, head_dim=hd, scaling=float(att.scaling),
         norm1=NormParams(spec.attn_norm.kind, float(spec.attn_norm.eps)),
@@ -155,7 +228,18 @@ def prepare_block(ir: BlockIR) -> PreparedBlock:
         wg=wg, bg=bg, wu=wu, bu=bu, wd=wd, bd=_opt(ts, "mlp.down.bias", (d,)),
         n_d=spectral_upper(wd),
         wq_gram=wq @ wq.transpose(1, 2),
-        wq_factor=torch.stack([psd_factor(wq[h]) for h in heads]),
+        wq_factor=torch.stack(factors),
         wk_gram=wk @ wk.transpose(1, 2),
         o_gram=torch.stack([w.T @ w for w in wo_h]),
+        bq_rad=fold_rad("attn.q", b1, n_h * hd).view(n_h, hd),
+        bk_rad=fold_rad("attn.k", b1, n_kv * hd).view(n_kv, hd),
+        bv_rad=fold_rad("attn.v", b1, n_kv * hd).view(n_kv, hd),
+        bg_rad=fold_rad("mlp.gate", b2, m) if spec.mlp.kind == "gated" else None,
+        bu_rad=fold_rad("mlp.up", b2, m),
+        fq=torch.tensor([_frob_up(wq[h]) for h in heads], dtype=F64),
+        fk=torch.tensor([_frob_up(wk[g]) for g in range(n_kv)], dtype=F64),
+        fo=torch.tensor([_frob_up(w) for w in wo_h], dtype=F64),
+        nl=torch.tensor([spectral_upper(f) for f in factors], dtype=F64),
+        lf=torch.tensor([_frob_norm_up(f) for f in factors], dtype=F64),
+        wd_frob=_frob_norm_up(wd),
     )

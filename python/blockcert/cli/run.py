@@ -25,12 +25,13 @@ from blockcert.records.summary import RunSummary
 from blockcert.store import layout
 from blockcert.store.records_io import load_model_file
 from blockcert.store.run_reader import block_certificate, load_run_summary
+from blockcert.surrogates import needs_traces
 from blockcert.verifier.edit import verify_edit
 from blockcert.verifier.run import verify_run
 from blockcert.workflows.compress import extract_ranked
 from blockcert.workflows.demo import run_demo
 from blockcert.workflows.executor import executor_for
-from blockcert.workflows.extract import ExtractOptions
+from blockcert.workflows.extract import ExtractOptions, check_trace_dtype
 
 
 @app.command()
@@ -52,10 +53,13 @@ def extract(
                                             "shards one at a time (models larger than memory)")] = False,
     executor: Annotated[str, typer.Option(help="where per-block certification runs: local or ray")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="a Ray cluster's address (default: a local one)")] = None,
+    trace_dtype: Annotated[str | None, typer.Option(help="store the traces (block inputs/outputs) as bfloat16, "
+                                                    "float16 or float32; ε is measured on the stored values and "
+                                                    "the certificate records the rounding (default: the model "
+                                                    "dtype)")] = None,
 ) -> None:
     """Trace the model, extract a surrogate per block, measure it and write certificates."""
     from pydantic import ValidationError
-
 
     _quiet_hf()
     try:
@@ -66,8 +70,12 @@ def extract(
     if batch_size < 1:
         raise BlockCertError("--batch-size must be at least 1")
     executor_for(executor, ray_address)  # a bad executor fails before the model loads
+    check_trace_dtype(trace_dtype)
+    if trace_dtype not in (None, dtype) and needs_traces(surrogate):
+        raise BlockCertError(f"--surrogate {surrogate} is ranked on the traces and re-measures losses from them; "
+                             "it needs them in the model's dtype: drop --trace-dtype")
     opts = ExtractOptions(model, prompts, blocks, out, dtype, device, thresholds, policy, batch_size, surrogate,
-                          streaming, executor, ray_address)
+                          streaming, executor, ray_address, trace_dtype)
     summary = extract_ranked(opts)
     stdout.print(block_table(summary, {e.index: block_certificate(out, summary, e.index) for e in summary.blocks}))
     stdout.print(f"wrote {out / layout.SUMMARY}")

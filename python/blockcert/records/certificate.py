@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_serializer
+from pydantic import Field, model_serializer, model_validator
 
 from blockcert.core.ir import BlockIR, Derivation
 from blockcert.core.metrics import BlockMetrics, Policy, Thresholds
@@ -78,6 +78,22 @@ class SurrogateSize(Frozen):
     stored_bytes: int
 
 
+TraceDtype = Literal["bfloat16", "float16", "float32", "float64"]
+
+
+class TraceRounding(Frozen):
+    """How far the stored traces are from the model's own: max over real tokens of ‖round(x) − x‖₂.
+
+    `x_in` and `x_out` are measured on the block's input and output streams, in float64 (exact: the
+    difference of a value and its rounding is representable). ε and every metric of the certificate are
+    computed on the stored (rounded) traces, which the verifier replays; these numbers say how far those
+    are from the native activations.
+    """
+
+    x_in: float = Field(ge=0.0)
+    x_out: float = Field(ge=0.0)
+
+
 class BlockCertificate(Sealed):
     schema_version: Literal["blockcert.block-certificate/1"] = BLOCK_SCHEMA
     tool: ToolInfo = ToolInfo()
@@ -95,14 +111,31 @@ class BlockCertificate(Sealed):
     # Absent from certificates written before surrogate sizes were recorded; omitted from the JSON (and
     # so from the digest) when None, so those certificates keep their bytes and digests.
     size: SurrogateSize | None = None
+    # The dtype traces.safetensors stores x_in and x_out in (`extract --trace-dtype`), and the rounding that
+    # storing them so introduced. Absent (None, omitted from the JSON and the digest, as `size`) when the
+    # traces are stored in the model's dtype, as every certificate written before the option stores them.
+    trace_dtype: TraceDtype | None = None
+    trace_rounding: TraceRounding | None = None
     digest: str = ""
+
+    @model_validator(mode="after")
+    def _rounding_with_dtype(self):
+        if (self.trace_dtype is None) != (self.trace_rounding is None):
+            raise ValueError("trace_dtype and trace_rounding are recorded together or not at all")
+        return self
 
     @model_serializer(mode="wrap")
     def _omit_absent_size(self, handler):
         data = handler(self)
-        if data.get("size", 0) is None:
-            del data["size"]
+        for name in ("size", "trace_dtype", "trace_rounding"):
+            if name in data and data[name] is None:
+                del data[name]
         return data
+
+    @property
+    def stored_trace_dtype(self) -> str:
+        """The dtype of the stored x_in and x_out: the declared trace dtype, else the model's."""
+        return self.trace_dtype or self.model.dtype
 
 
 def surrogate_size(ir: BlockIR, native: BlockIR | None = None) -> SurrogateSize:

@@ -35,7 +35,9 @@ from blockcert.store.tensors import (
     decode_tensors,
     ir_layout,
     loss_layout,
+    trace_dtype_problem,
     trace_layout,
+    widened,
 )
 
 MAX_ARTIFACT_BYTES = 8 << 30  # one block artifact; smollm2's largest (its traces) is ~30 MB
@@ -130,8 +132,14 @@ def load_certified_traces(run_dir: Path, cert: BlockCertificate, spec=None) -> t
         spec = decode_spec(certified_bytes(run_dir, cert, layout.IR_SPEC),
                            f"block {cert.block_index}: {layout.IR_SPEC}")
     pre = f"block {cert.block_index}: "
-    tw = trace_layout(n, t, spec.hidden_size, native_heads(spec), cert.model.dtype)
-    trace = decode_record(certified_bytes(run_dir, cert, layout.TRACES), BlockTrace, pre + layout.TRACES, tw)
+    # x_in and x_out are stored in the certificate's trace dtype (the model's unless it declares one) and
+    # widened, exactly, to the model's for every reader: the values replayed are the values stored.
+    data = certified_bytes(run_dir, cert, layout.TRACES)
+    problem = trace_dtype_problem(data, cert.stored_trace_dtype, pre + layout.TRACES)
+    if problem is not None:
+        raise BlockCertError(problem)
+    tw = trace_layout(n, t, spec.hidden_size, native_heads(spec), cert.stored_trace_dtype)
+    trace = widened(decode_record(data, BlockTrace, pre + layout.TRACES, tw), cert.model.dtype)
     loss = decode_record(certified_bytes(run_dir, cert, layout.LOSSES), LossTrace, pre + layout.LOSSES,
                          loss_layout(n, t))
     if t and (int(trace.positions.min()) < 0 or int(trace.native_argmax.min()) < 0

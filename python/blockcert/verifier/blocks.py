@@ -145,6 +145,18 @@ def _check_metrics_file(run_dir: Path, cert: BlockCertificate, fresh, rep: Block
                 rep.errors.append(f"{what}: field per_prompt[{m.prompt}].{name} = {v!r}, recomputed {getattr(m, name)}")
 
 
+def _check_trace_storage(cert: BlockCertificate, rep: BlockReport) -> None:
+    """A declared trace dtype is the model's own or a narrower float; the rounding of the model's own is 0."""
+    if cert.trace_dtype is None:
+        return
+    r = cert.trace_rounding
+    if not (math.isfinite(r.x_in) and math.isfinite(r.x_out)):
+        rep.errors.append("field trace_rounding is not finite")
+    elif cert.trace_dtype == cert.model.dtype and (r.x_in or r.x_out):
+        rep.errors.append(f"field trace_rounding is nonzero, but traces stored in the model's own dtype "
+                          f"{cert.model.dtype} are not rounded")
+
+
 def _check_verdict(cert: BlockCertificate, rep: BlockReport) -> None:
     ok, reasons = verdict(cert.metrics, cert.policy)
     if ok != cert.certified:
@@ -187,6 +199,7 @@ def verify_block(run_dir: Path, summary: RunSummary, entry: BlockEntry) -> Block
     if cert is None:
         return rep
     _check_verdict(cert, rep)
+    _check_trace_storage(cert, rep)
     if not _check_artifacts(run_dir, summary, cert, rep):
         return rep  # the files cannot be trusted: recomputing from them proves nothing
     try:
@@ -226,11 +239,17 @@ def check_with_model(run_dir: Path, summary: RunSummary, report: RunReport, mode
         rep, cert = by_index[i], certs[i]
         trace, loss = load_certified_traces(run_dir, cert, irs[i].spec)
         atol = cert.tolerances.replay_atol
+        rounding = cert.trace_rounding
         for name in ("x_in", "x_out"):
             diff = (getattr(fresh_traces[i], name).double() - getattr(trace, name).double()).norm(dim=-1)
             worst = float(diff[trace.valid].max())
-            if not worst <= atol:
-                rep.errors.append(f"traces.{name} differ from a fresh native run by {worst:.3g} > {atol:.3g}")
+            # Stored traces are the native ones rounded to the trace dtype: they differ from a fresh run by
+            # the recorded rounding, to within the re-run's own float noise (each token moves by ≤ atol).
+            r = 0.0 if rounding is None else getattr(rounding, name)
+            if not abs(worst - r) <= atol:
+                what = "" if rounding is None else f" (the certificate records a rounding of {r:.3g})"
+                rep.errors.append(f"traces.{name} differ from a fresh native run by {worst:.3g}{what}, beyond "
+                                  f"{atol:.3g}")
         for name in ("base_nll", "stitched_nll"):
             f, r = getattr(fresh_losses[i], name), getattr(loss, name)
             worst = float((f - r).abs()[loss.loss_ok].max()) if bool(loss.loss_ok.any()) else 0.0

@@ -75,9 +75,13 @@ from blockcert.surrogates import densify
 EXACT_FUNCTION = ("the surrogate B̂_i is the real-valued function its (dense) IR declares; the float32 replay's "
                   "forward error at the stitched input is bounded a posteriori (enclosure) and added to ε_i, so the "
                   "theorem's hypotheses hold for the shifted surrogate B̂_i + Δ_i whose value at x̂_i is the replay's")
-CENTER_NOTE = ("float64 rounding of the attention center quantities (probabilities, covariances, rotated queries and "
-               "keys, the mid-block residual) is covered by a relative margin of 1e-9 (not by an enclosure); the "
-               "norm outputs and MLP pre-activations carry their rounding as extra radius")
+CENTER_NOTE = ("float64 rounding of every center quantity of the local and metric kinds is enclosed: the attention "
+               "center (queries, keys, values, rotations, scores, probabilities, covariances, output) by "
+               "midpoint-radius enclosures of the exact values, the mid-block residual and the segment boxes' "
+               "centers as extra set radius, the norm outputs through eta, the MLP pre-activations and folded "
+               "biases through their radii, kappa from a rigorous lower bound of the radial part; every "
+               "combination is rounded up by gamma of its counted operations (no relative margin); torch's "
+               "float64 exp, expm1 and sqrt are taken as accurate to 1e-12 relative")
 EXACT_NOTE = f"{EXACT_FUNCTION}; {CENTER_NOTE}"
 METRIC_BALL = 2.0  # the metric kind's ball: twice the traced-to-stitched distance, so it covers untraced inputs
 

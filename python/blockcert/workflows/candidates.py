@@ -75,6 +75,10 @@ class Bench:
     def __init__(self, rc: RunContext, i: int, target_cov_act: float):
         self.rc, self.i, self.target = rc, i, target_cov_act
         self.cert: BlockCertificate = block_certificate(rc.run_dir, rc.summary, i)
+        if self.cert.stored_trace_dtype != rc.summary.model.dtype:  # stitched losses start from stored x_in
+            raise BlockCertError(f"block {i}: its traces are stored as {self.cert.trace_dtype} (extract "
+                                 "--trace-dtype); compressing re-measures stitched losses from the stored block "
+                                 "inputs, which must be the model's own: re-extract without --trace-dtype")
         self.trace, self.base = load_certified_traces(rc.run_dir, self.cert)
         self.current = load_certified_ir(rc.run_dir, self.cert)  # the run's own surrogate of the block
         if sha256_bytes(rc.prompts_bytes) != self.cert.artifacts.get(layout.PROMPTS):
@@ -126,4 +130,5 @@ class Bench:
         loss = loss if loss is not None else self.stitched(ir)
         c = self.cert
         return _certify_block(self.rc.prompts_bytes, self.i, c.model, c.prompts, c.thresholds, c.policy,
-                              self.rc.summary.model.dtype, ir, self.trace, loss, native_ir=self.exact)
+                              self.rc.summary.model.dtype, ir, self.trace, loss, native_ir=self.exact,
+                              trace_dtype=c.trace_dtype, rounding=c.trace_rounding)  # traces stored as before

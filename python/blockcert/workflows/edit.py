@@ -170,7 +170,6 @@ class EditSession:
         ids = [row[m].tolist() for row, m in zip(self.side_batch.ids, self.side_batch.valid, strict=True)]
         self.side_ids_sha256 = sha256_bytes(canonical_json(ids).encode())
         self.corpus_ids = [prompt_ids(self.lm, p.text) for p in self.corpus.prompts]
-        check_uniform_layers(self.native, max(map(len, self.corpus_ids)) + self.max_new_tokens)
         self._certs: dict[int, BlockCertificate] = {}
         self._irs: dict[int, BlockIR] = {}
 
@@ -202,35 +201,6 @@ class EditSession:
         if block not in self._baselines:
             self._baselines[block] = self.complete(block, self.ir(block), f"baseline completions (block {block})")
         return self._baselines[block]
-
-
-def _same(a, b) -> bool:
-    """The same block argument: the same object, or equal tensors / structures of them."""
-    if a is b:
-        return True
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-                and a.dtype == b.dtype and bool(torch.equal(a, b)))
-    if isinstance(a, tuple | list):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
-def check_uniform_layers(native: NativeModel, length: int) -> None:
-    """Refuse, with one line, a model whose decoder layers receive different arguments (masks, rotary tables)
-    on a sequence of `length` tokens: greedy decoding with an edited block (arch/generate.py) hands every
-    layer the arguments of layer 0, so on such a model (Gemma 3: sliding-window layers with a local rotary
-    base, global layers with their own) its completions would not be the model's."""
-    n = max(1, min(length, native.lm.max_positions))
-    _x, ctx = native.embed(Batch(torch.zeros((1, n), dtype=torch.long), torch.ones((1, n), dtype=torch.bool)))
-    for i in range(1, len(native.layers)):
-        if not _same(ctx.of(i), ctx.of(0)):
-            raise BlockCertError(
-                f"blockcert edit does not support {native.lm.architecture} yet: its layer {i} receives another "
-                "attention mask or rotary table than layer 0 (sliding-window and global layers), and greedy "
-                "decoding with an edited block gives every layer layer 0's")
 
 
 @dataclass(frozen=True)

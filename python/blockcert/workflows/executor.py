@@ -1,20 +1,23 @@
 """Executors: how independent per-block work is run. The workflows take one; local is the default.
 
 Per-block certification (and later verification and stitched-suffix losses) is independent given the
-traces, so a workflow hands it to `executor.map(fn, items)` and gets the results back in item order. The
+traces, so a workflow hands it to `executor.map(fn, items)` and gets the results back in item order. With
+`on_result`, each result is handed to it in the driver as soon as it arrives (extraction writes the block's
+files there and keeps only the certificate), and `map` returns what `on_result` returned. The
 local executor runs them in this process; the Ray executor runs them as Ray tasks on a local cluster or at
 an address. Both return the same values: every task runs with the driver's torch thread count, so the
 float kernels (and therefore the certificate bytes) are the same wherever a task lands.
 
 Ray moves the task arguments (IR tensors, traces) between processes with its own serialisation; that is
 transport inside one certification, never a file format: every artifact is still written as safetensors
-and strict JSON by the driver.
+and strict JSON by the driver. `in_process` says whether a task runs in the driver's own process: only then
+may an item carry a loader of a file the driver wrote instead of the data itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -26,15 +29,26 @@ R = TypeVar("R")
 
 
 class Executor(Protocol):
-    def map(self, fn: Callable[[T], R], items: Iterable[T], description: str) -> list[R]: ...
+    in_process: bool
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], description: str,
+            on_result: Callable[[int, R], Any] | None = None) -> list: ...
 
 
 class LocalExecutor:
     """In this process, in order."""
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], description: str) -> list[R]:
+    in_process = True
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], description: str,
+            on_result: Callable[[int, R], Any] | None = None) -> list:
         items = list(items)
-        return [fn(x) for x in track(items, description, total=len(items))]
+        out = []
+        for k, x in enumerate(track(items, description, total=len(items))):
+            r = fn(x)
+            out.append(r if on_result is None else on_result(k, r))
+            items[k] = None  # a finished item's data (a block's IR, its traces) is not held to the end
+        return out
 
 
 def _with_threads(threads: int, fn, item):
@@ -44,6 +58,8 @@ def _with_threads(threads: int, fn, item):
 
 class RayExecutor:
     """Ray tasks: a local cluster started on first use (`address=None`), or the cluster at `address`."""
+
+    in_process = False
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         self.address, self.num_cpus = address, num_cpus
@@ -64,7 +80,8 @@ class RayExecutor:
                 raise BlockCertError(f"cannot start or reach the Ray cluster {where}: {e}") from None
         return ray
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], description: str) -> list[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T], description: str,
+            on_result: Callable[[int, R], Any] | None = None) -> list:
         ray = self._ray()
         task = ray.remote(_with_threads)
         threads = torch.get_num_threads()
@@ -74,7 +91,10 @@ class RayExecutor:
         pending = {r: k for k, r in enumerate(refs)}
         for _ in track(range(len(refs)), description, total=len(refs)):
             done, _rest = ray.wait(list(pending), num_returns=1)
-            out[pending.pop(done[0])] = ray.get(done[0])
+            k = pending.pop(done[0])
+            r = ray.get(done[0])
+            out[k] = r if on_result is None else on_result(k, r)
+            refs[k] = None  # the result is the driver's now: let the object store drop it
         return [out[k] for k in range(len(refs))]
 
     def shutdown(self) -> None:
