@@ -1,11 +1,13 @@
 """Streaming demonstration: certify blocks of a Llama-2-7B-shape model on a 24 GiB machine.
 
-    python bench/stream_7b.py [--out bench/.cache/llama2-7b-shape] [--blocks 0,5,10,15,20]
+    python bench/stream_7b.py [--out bench/.cache/llama2-7b-shape] [--run bench/.cache/stream_7b_run]
+                              [--blocks 0,5,10,15,20]
 
 Writes a random-init model of Llama-2-7B's shape (32 layers, hidden 4096, intermediate 11008, 32 heads,
 vocab 32000, untied head) as bfloat16 safetensors shards, one shard per layer, generated block by block
 so that the whole model is never in memory; then `blockcert extract` of the blocks on the stress prompts
-with `load_model(..., streaming=True)`, reporting wall time and peak RSS next to the weights' size.
+with `load_model(..., streaming=True)` into a run directory (each block's files written as soon as they
+exist, as `blockcert extract --out` does), reporting wall time and peak RSS next to the weights' size.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -67,6 +70,7 @@ def write(out: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / ".cache" / "llama2-7b-shape")
+    p.add_argument("--run", type=Path, default=Path(__file__).resolve().parent / ".cache" / "stream_7b_run")
     p.add_argument("--blocks", default="0,5,10,15,20")
     p.add_argument("--prompts", default="stress")
     a = p.parse_args()
@@ -74,13 +78,15 @@ def main() -> None:
     weights_gib = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**30
     t0 = time.perf_counter()
     lm = blockcert.load_model(str(model_dir), streaming=True)
-    run = blockcert.extract(lm, a.prompts, blocks=a.blocks)
+    shutil.rmtree(a.run, ignore_errors=True)
+    run = blockcert.extract(lm, a.prompts, blocks=a.blocks, out=a.run)
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     res = {"wall_s": wall, "peak_rss_gib": peak, "weights_on_disk_gib_bf16": weights_gib,
            "weights_float32_gib": 2 * weights_gib, "layer_loads": lm.weights.loads,
            "blocks": run.blocks, "epsilon": {i: c.metrics.epsilon for i, c in run.certificates.items()},
-           "all_certified": run.all_certified, "n_tokens": run.summary.prompts.n_tokens}
+           "all_certified": run.all_certified, "n_tokens": run.summary.prompts.n_tokens,
+           "threads": torch.get_num_threads(), "spooled_to": str(a.run.name)}
     print(json.dumps(res, indent=2))
     out = Path(__file__).resolve().parent / "results" / "stream_7b.json"
     out.parent.mkdir(exist_ok=True)

@@ -7,17 +7,17 @@ open BlockCert
 def run : Run :=
   { policy := ⟨⟨47, 50⟩, ⟨9, 10⟩⟩,
     blocks := [
-      { index := 0, epsilon := ⟨2626650982086291, 72057594037927936⟩, lipschitz := some ⟨0, 1⟩,
+      { index := 0, epsilon := ⟨5253327416884577, 144115188075855872⟩, lipschitz := some ⟨0, 1⟩,
         actCovered := 390, nTokens := 390, lossCovered := ⟨8266810062637865, 4398046511104⟩, lossTotal := ⟨2514206014642685, 1099511627776⟩,
         certified := false },
-      { index := 1, epsilon := ⟨2212983254886631, 72057594037927936⟩, lipschitz := some ⟨2420614617190017, 1125899906842624⟩,
+      { index := 1, epsilon := ⟨8851966902312943, 288230376151711744⟩, lipschitz := some ⟨2420618637292997, 1125899906842624⟩,
         actCovered := 390, nTokens := 390, lossCovered := ⟨4990990793819835, 2199023255552⟩, lossTotal := ⟨2514206014642685, 1099511627776⟩,
         certified := true },
-      { index := 2, epsilon := ⟨2372174060940875, 72057594037927936⟩, lipschitz := some ⟨3612166467593995, 2251799813685248⟩,
+      { index := 2, epsilon := ⟨4744354715337507, 144115188075855872⟩, lipschitz := some ⟨3612168815535231, 2251799813685248⟩,
         actCovered := 390, nTokens := 390, lossCovered := ⟨2514206014642685, 1099511627776⟩, lossTotal := ⟨2514206014642685, 1099511627776⟩,
         certified := true }
     ],
-    claimedBound := some ⟨207901, 1000000⟩,
+    claimedBound := some ⟨103951, 500000⟩,
     measuredDeviation := some ⟨4508334739893181, 36028797018963968⟩ }
 
 set_option maxRecDepth 100000 in
@@ -29,23 +29,23 @@ theorem run_lipschitz : (globalBound run.blocks).isSome = true := by decide +ker
 theorem global_bound {X : Type} (D : DistSpace X Rat ratArith) (B Bh : Nat → X → X) (x : X)
     (h : TrajHyp ratArith D (stagesOf B Bh run.blocks) x x) :
     D.dist (runSurr (stagesOf B Bh run.blocks) x) (runBase (stagesOf B Bh run.blocks) x)
-      ≤ Q.toRat ⟨207901, 1000000⟩ :=
-  check_sound (c := ⟨207901, 1000000⟩) run run_check run_lipschitz rfl D B Bh x h
+      ≤ Q.toRat ⟨103951, 500000⟩ :=
+  check_sound (c := ⟨103951, 500000⟩) run run_check run_lipschitz rfl D B Bh x h
 
 def perPrompt : PerPrompt :=
-  { claimedBound := ⟨177387, 1000000⟩,
+  { claimedBound := ⟨44347, 250000⟩,
     prompts := [
       {
-        blocks := [⟨⟨2626650982086291, 72057594037927936⟩, ⟨0, 1⟩⟩, ⟨⟨3716784586878239, 144115188075855872⟩, ⟨3970135241027951, 2251799813685248⟩⟩, ⟨⟨2372174060940875, 72057594037927936⟩, ⟨3612166467593995, 2251799813685248⟩⟩],
+        blocks := [⟨⟨5253327416884577, 144115188075855872⟩, ⟨0, 1⟩⟩, ⟨⟨3716801809116895, 144115188075855872⟩, ⟨7940282239601825, 4503599627370496⟩⟩, ⟨⟨4744354715337507, 144115188075855872⟩, ⟨3612168815535231, 2251799813685248⟩⟩],
         measuredDeviation := some ⟨3755378734951591, 36028797018963968⟩ },
       {
-        blocks := [⟨⟨2372553919125353, 72057594037927936⟩, ⟨0, 1⟩⟩, ⟨⟨2212983254886631, 72057594037927936⟩, ⟨2420614617190017, 1125899906842624⟩⟩, ⟨⟨6688534061214659, 288230376151711744⟩, ⟨1524138713110921, 1125899906842624⟩⟩],
+        blocks := [⟨⟨2372579589449881, 72057594037927936⟩, ⟨0, 1⟩⟩, ⟨⟨8851966902312943, 288230376151711744⟩, ⟨2420618637292997, 1125899906842624⟩⟩, ⟨⟨6688552131965087, 288230376151711744⟩, ⟨6096558526986021, 4503599627370496⟩⟩],
         measuredDeviation := some ⟨4508340000037729, 36028797018963968⟩ },
       {
-        blocks := [⟨⟨4899257375994083, 144115188075855872⟩, ⟨0, 1⟩⟩, ⟨⟨3477822203142359, 144115188075855872⟩, ⟨8830699381027723, 4503599627370496⟩⟩, ⟨⟨7501377757193181, 288230376151711744⟩, ⟨6806346053680781, 4503599627370496⟩⟩],
+        blocks := [⟨⟨2449638775115721, 72057594037927936⟩, ⟨0, 1⟩⟩, ⟨⟨434729552749499, 18014398509481984⟩, ⟨4415354289943759, 2251799813685248⟩⟩, ⟨⟨468836987206957, 18014398509481984⟩, ⟨1701587707857663, 1125899906842624⟩⟩],
         measuredDeviation := some ⟨7192526696408017, 72057594037927936⟩ },
       {
-        blocks := [⟨⟨1275680079601941, 36028797018963968⟩, ⟨0, 1⟩⟩, ⟨⟨4024661398664881, 144115188075855872⟩, ⟨8434711415726003, 4503599627370496⟩⟩, ⟨⟨4533803706246483, 144115188075855872⟩, ⟨6758052606166511, 4503599627370496⟩⟩],
+        blocks := [⟨⟨1275687067184223, 36028797018963968⟩, ⟨0, 1⟩⟩, ⟨⟨2012338554545447, 72057594037927936⟩, ⟨8434724341421941, 4503599627370496⟩⟩, ⟨⟨1133451166866413, 36028797018963968⟩, ⟨1689514326567277, 1125899906842624⟩⟩],
         measuredDeviation := some ⟨3998802640581397, 36028797018963968⟩ }
     ] }
 
@@ -57,7 +57,7 @@ theorem per_prompt_bound {X : Type} (D : DistSpace X Rat ratArith) (B Bh : Nat �
     (h : TrajHyp ratArith D (stagesOf B Bh (promptBlocks run.blocks p.blocks)) x x) :
     D.dist (runSurr (stagesOf B Bh (promptBlocks run.blocks p.blocks)) x)
         (runBase (stagesOf B Bh (promptBlocks run.blocks p.blocks)) x)
-      ≤ Q.toRat ⟨177387, 1000000⟩ :=
-  checkPrompts_sound (c := ⟨177387, 1000000⟩) run perPrompt prompts_check rfl p hp D B Bh x h
+      ≤ Q.toRat ⟨44347, 250000⟩ :=
+  checkPrompts_sound (c := ⟨44347, 250000⟩) run perPrompt prompts_check rfl p hp D B Bh x h
 
 end BlockCert.Runs.Model_run_3a101373
