@@ -9,9 +9,9 @@ forward, no suffix at all).
 Memory: `irs` may be a function of the block index, called once when the pass reaches that layer, so the
 caller can derive a block's surrogate when it is needed and drop it (or write it out) right after: the pass
 then holds one surrogate at a time. The next-token losses (head and float64 log-softmax) are computed a
-prompt at a time, so no chunk × vocabulary tensor is ever held; the surrogate too runs a prompt at a
-time, after the native layer (never beside its activations). Every op is per prompt, so the numbers are
-those of whole-chunk calls.
+prompt at a time, so no chunk × vocabulary tensor is ever held (base and stitched losses alike, so an
+unchanged stream gives the same numbers); the surrogate runs on the whole chunk, the native layer's own
+shapes, after the native layer (never beside its activations).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch
 
 from blockcert.arch.native import NativeModel, next_token_nll
 from blockcert.core.batch import Batch
-from blockcert.core.interpreter import run_block
+from blockcert.core.interpreter import run_block_with_decisions
 from blockcert.core.ir import BlockIR
+from blockcert.core.replay import Measured, measure
 from blockcert.core.traces import BlockTrace, LossTrace
 from blockcert.present.progress import track
 
@@ -52,7 +53,8 @@ def release_freed_memory() -> None:
 
 @torch.no_grad()
 def record_traces(native: NativeModel, batch: Batch, blocks: list[int],
-                  irs: Mapping[int, BlockIR] | Callable[[int], BlockIR], batch_size: int):
+                  irs: Mapping[int, BlockIR] | Callable[[int], BlockIR], batch_size: int,
+                  measured: dict[int, Measured] | None = None):
     """Block traces, native decisions, base and stitched losses, visiting each layer once.
 
     `irs` maps each block to its surrogate, or is a function giving it (called once, at that layer).
@@ -62,6 +64,11 @@ def record_traces(native: NativeModel, batch: Batch, blocks: list[int],
     streaming model (arch/streaming.py) holds one layer's weights at a time and reads each layer once.
     Every block call sees exactly the chunk it would see in a chunk-by-chunk pass, so the numbers are
     the same.
+
+    The surrogate of each block runs once per chunk, on the native input, to decide whether its suffix is
+    needed; with `measured` (a dict) that run's measurements against the native output are kept there
+    (`core.replay.measure`, per block), so certifying needs no second replay: they are the numbers a replay
+    on the same chunks gives.
     """
     keep = set(blocks)
     n = batch.ids.shape[0]
@@ -96,13 +103,20 @@ def record_traces(native: NativeModel, batch: Batch, blocks: list[int],
             # The surrogate runs after the native layer, so its tensors and the layer's activations are
             # never in memory together; `irs(j)` may drop (or write out) the IR once this returns.
             ir = irs(j) if callable(irs) else irs[j]
+            parts = []
             for c, (x, b) in enumerate(zip(inputs, chunks, strict=True)):
-                x_hat = _surrogate(ir, x, b)
+                x_hat, dec = _surrogate(ir, x, b)
+                if measured is not None:
+                    _x, y, mask, am = cols[j][c]
+                    parts.append(measure(ir, x_hat, dec, y, mask, am))
                 # Bit-identical output: the suffix would be the native suffix on the same input, so its
                 # losses are the base losses exactly; no stitched stream is needed.
                 if not torch.equal(x_hat, base[c]):
                     stitched[(j, c)] = x_hat
-            ir = inputs = None
+            if measured is not None:
+                measured[j] = Measured(*(torch.cat(f) for f in zip(*((m.errors, m.out_norms, m.path_ok)
+                                                                      for m in parts), strict=True)))
+            ir = inputs = parts = None
         release_freed_memory()
     losses: dict[int, list] = {i: [] for i in blocks}
     for c, b in enumerate(chunks):
@@ -136,8 +150,8 @@ def _keep_argmax(store: dict, i: int):
     return hook
 
 
-def _surrogate(ir, x: torch.Tensor, b: Batch) -> torch.Tensor:
-    """The surrogate's output on the chunk, a prompt at a time: each prompt's rows are the same numbers as
-    in a whole-chunk call (every op is per prompt), and the working set is one prompt's."""
-    valid, positions = b.valid.to(x.device), b.positions.to(x.device)
-    return torch.cat([run_block(ir, x[r:r + 1], valid[r:r + 1], positions[r:r + 1]) for r in range(x.shape[0])])
+def _surrogate(ir, x: torch.Tensor, b: Batch):
+    """The surrogate's output and decisions on the whole chunk, in one call: the native layer's own shapes,
+    so an exact copy is bit-identical to it (a prompt at a time it need not be: matrix-product kernels, and
+    their order of summation, can depend on the number of rows)."""
+    return run_block_with_decisions(ir, x, b.valid.to(x.device), b.positions.to(x.device))

@@ -32,21 +32,30 @@ def native_argmax_of_kept(ir: BlockIR, native_argmax: torch.Tensor) -> torch.Ten
     return native_argmax if heads is None else native_argmax[:, list(heads.kept)]
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What a certificate needs of a replay: per-token errors, output norms, path agreement ([P, T] each)."""
+
+    errors: torch.Tensor
+    out_norms: torch.Tensor
+    path_ok: torch.Tensor
+
+
+def measure(ir: BlockIR, x_hat: torch.Tensor, dec, x_out: torch.Tensor, native_mask: torch.Tensor,
+            native_argmax: torch.Tensor) -> Measured:
+    """The measurements of the surrogate's output `x_hat` and decisions `dec` against the native block's."""
+    return Measured(token_errors(x_hat, x_out.to(x_hat.device)), row_norms(x_out.cpu()),
+                    path_matches(dec.mask, dec.argmax, native_mask, native_argmax_of_kept(ir, native_argmax)))
+
+
 @torch.no_grad()
 def replay(ir: BlockIR, trace: BlockTrace, device: torch.device | str = "cpu") -> Replay:
     parts = []
-    native_am = trace.native_argmax
     for lo in range(0, trace.x_in.shape[0], CHUNK):
         s = slice(lo, lo + CHUNK)
         x_hat, dec = run_block_with_decisions(
             ir, trace.x_in[s].to(device), trace.valid[s].to(device), trace.positions[s].to(device)
         )
-        parts.append(
-            (
-                x_hat.cpu(),
-                token_errors(x_hat, trace.x_out[s].to(device)),
-                row_norms(trace.x_out[s]),
-                path_matches(dec.mask, dec.argmax, trace.native_mask[s], native_argmax_of_kept(ir, native_am[s])),
-            )
-        )
+        m = measure(ir, x_hat, dec, trace.x_out[s], trace.native_mask[s], trace.native_argmax[s])
+        parts.append((x_hat.cpu(), m.errors, m.out_norms, m.path_ok))
     return Replay(*(torch.cat(cols) for cols in zip(*parts, strict=True)))

@@ -14,7 +14,7 @@ from blockcert.arch.tracing import record_traces, release_freed_memory
 from blockcert.core.digest import sha256_bytes
 from blockcert.core.ir import BlockIR
 from blockcert.core.metrics import Policy, Thresholds, block_metrics, per_prompt_metrics, verdict
-from blockcert.core.replay import Replay, replay
+from blockcert.core.replay import Measured, Replay, replay
 from blockcert.core.selection import parse_blocks
 from blockcert.core.tolerances import LOSS_ATOL, REPLAY_RTOL
 from blockcert.core.traces import BlockTrace
@@ -65,6 +65,7 @@ class ExtractOptions:
 
 
 TRACE_DTYPES = ("bfloat16", "float16", "float32")
+BATCH_SIZE = 8  # prompts per native chunk, unless extract is given another batch_size
 
 
 def check_trace_dtype(trace_dtype: str | None) -> None:
@@ -88,7 +89,8 @@ def _trace_rounding(i: int, trace: BlockTrace, dtype: str) -> tuple[BlockTrace, 
 
 def _certify_block(prompts_bytes: bytes, i, lm_info, pinfo, thresholds, policy, dtype, ir, trace, loss,
                    native_ir=None, *, written: dict[str, str] | None = None, trace_dtype: str | None = None,
-                   rounding: TraceRounding | None = None, size: SurrogateSize | None = None):
+                   rounding: TraceRounding | None = None, size: SurrogateSize | None = None,
+                   chunk: int = BATCH_SIZE, measured: Measured | None = None):
     """Measure block i's surrogate on its traces: its sealed certificate and its files (path -> bytes).
 
     `native_ir` is the block's exact copy, for the size section (without it, the size of densify(ir));
@@ -96,7 +98,10 @@ def _certify_block(prompts_bytes: bytes, i, lm_info, pinfo, thresholds, policy, 
     already written (path -> SHA-256: its IR, spooled when derived); they are hashed into the certificate
     but neither serialised nor returned again. With `trace_dtype` (and its measured
     `rounding`), x_in and x_out are stored in that dtype and every number is measured on exactly the stored
-    values, widened back to the model's dtype as the verifier widens them.
+    values, widened back to the model's dtype as the verifier widens them. `chunk` is the number of prompts
+    the native pass ran at once (`batch_size`): the replay runs on the same chunks (see `_replay`);
+    `measured` is that replay's result already computed by the tracing pass (record_traces), used when the
+    traces are stored as recorded.
     """
     bdir = f"block_{i:03d}"
     written = written or {}
@@ -106,7 +111,7 @@ def _certify_block(prompts_bytes: bytes, i, lm_info, pinfo, thresholds, policy, 
         trace = narrowed(trace, trace_dtype)  # a no-op on a trace already stored so
     stored = trace
     trace = widened(trace, dtype)
-    r = _replay(ir, trace)
+    r = measured if measured is not None and trace_dtype is None else _replay(ir, trace, chunk)
     ours[f"{bdir}/{layout.TRACES}"] = record_bytes(stored)  # serialised after the replay: never both at once
     ours[f"{bdir}/{layout.LOSSES}"] = record_bytes(loss)
     del stored
@@ -134,30 +139,31 @@ def _certify_block(prompts_bytes: bytes, i, lm_info, pinfo, thresholds, policy, 
     return cert, ours
 
 
-REPLAY_PROMPTS = 2  # prompts replayed at once when certifying: bounds the interpreter's working set
+def _replay(ir: BlockIR, trace: BlockTrace, chunk: int) -> Replay:
+    """core.replay.replay on the chunks of `chunk` prompts the native pass ran (record_traces' chunks).
 
-
-def _replay(ir: BlockIR, trace: BlockTrace) -> Replay:
-    """core.replay.replay, a few prompts at a time: the activations held are a few prompts', not the whole
-    prompt set's. Every op of the interpreter is per prompt, so the rows are those of one call (bit for bit
-    on the CPU kernels the tests compare bytes on; the verifier replays in larger chunks and needs
-    agreement to `replay_atol` only)."""
+    The same chunks, not fewer prompts at a time: a matrix product's kernel, and with it the order of its
+    sums, depends on the number of rows on some CPUs (MKL on AVX-512: an exact copy replayed two prompts at a
+    time was off by 1e-5 from the native block run on eight), so only the native pass's own shapes make an
+    exact copy's replay bit-identical. The interpreter's working set is then a native chunk's, as in tracing.
+    """
     device = next(iter(ir.tensors.values())).device
     n = trace.x_in.shape[0]
-    if n <= REPLAY_PROMPTS:
+    if n <= chunk:
         return replay(ir, trace, device=device)
-    parts = [replay(ir, BlockTrace(*(getattr(trace, f.name)[lo:lo + REPLAY_PROMPTS] for f in fields(BlockTrace))),
-                    device=device) for lo in range(0, n, REPLAY_PROMPTS)]
+    parts = [replay(ir, BlockTrace(*(getattr(trace, f.name)[lo:lo + chunk] for f in fields(BlockTrace))),
+                    device=device) for lo in range(0, n, chunk)]
     return Replay(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Replay)))
 
 
-def _certify_item(prompts_bytes, lm_info, pinfo, thresholds, policy, dtype, trace_dtype, item):
+def _certify_item(prompts_bytes, lm_info, pinfo, thresholds, policy, dtype, trace_dtype, chunk, item):
     """One task of the executor: an item carries block i's own IR (or its loader), traces and losses only."""
-    i, ir, trace, loss, rounding, written, size = item
+    i, ir, trace, loss, rounding, written, size, measured = item
     if callable(ir):
         ir = ir()
     return _certify_block(prompts_bytes, i, lm_info, pinfo, thresholds, policy, dtype, ir, trace, loss,
-                          written=written, trace_dtype=trace_dtype, rounding=rounding, size=size)
+                          written=written, trace_dtype=trace_dtype, rounding=rounding, size=size, chunk=chunk,
+                          measured=measured)
 
 
 def summary_of(lm_info, pinfo, opts_thresholds, opts_policy, certs: list[BlockCertificate],
@@ -179,7 +185,7 @@ def extract_run(
     surrogate: str = "exact",
     thresholds: Thresholds = Thresholds(),
     policy: Policy = Policy(),
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     executor: Executor | None = None,
     out: Path | None = None,
     trace_dtype: str | None = None,
@@ -228,14 +234,17 @@ def _extract(lm, native, batch, ps, blocks, surrogate, thresholds, policy, batch
             irs[i] = ir
         return ir
 
-    traces, losses = record_traces(native, batch, blocks, surrogate_of, batch_size)
+    measured: dict[int, Measured] = {}  # each block's replay on its native chunks, done while tracing
+    traces, losses = record_traces(native, batch, blocks, surrogate_of, batch_size,
+                                   measured if trace_dtype is None else None)
     rounding: dict[int, TraceRounding | None] = dict.fromkeys(blocks)
     if trace_dtype is not None:
         for i in blocks:
             traces[i], rounding[i] = _trace_rounding(i, traces[i], trace_dtype)
     # Each task carries only its own block's data, so a cluster executor ships no other block's traces. In
     # this process a spooled IR is re-read when its task runs; elsewhere it travels with the task.
-    certify = partial(_certify_item, prompts_bytes, lm_info, pinfo, thresholds, policy, lm.dtype, trace_dtype)
+    certify = partial(_certify_item, prompts_bytes, lm_info, pinfo, thresholds, policy, lm.dtype, trace_dtype,
+                      batch_size)
 
     def ir_item(i: int):
         if not sink.on_disk:
@@ -243,7 +252,8 @@ def _extract(lm, native, batch, ps, blocks, surrogate, thresholds, policy, batch
         load = partial(_spooled_ir, sink, i)
         return load if executor.in_process else load()
 
-    items = ((i, ir_item(i), traces.pop(i), losses.pop(i), rounding[i], written[i], sizes[i]) for i in blocks)
+    items = ((i, ir_item(i), traces.pop(i), losses.pop(i), rounding[i], written[i], sizes[i], measured.pop(i, None))
+             for i in blocks)
     verdicts: dict[str, bytes] = {}
 
     def keep(_k: int, result) -> BlockCertificate:
