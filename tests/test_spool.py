@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import blockcert
+import blockcert.arch.tracing as tracing
 import blockcert.workflows.extract as ex
 from blockcert.arch.native import NativeModel
 from blockcert.core.ir import BlockIR
@@ -68,8 +69,8 @@ def _live_irs(before: dict[int, BlockIR]) -> set[int]:
 
 
 def _watch(monkeypatch, lm) -> dict:
-    """Peak live non-model tensor bytes and the most block IRs alive at once, at every block call and
-    every certification."""
+    """Peak live non-model tensor bytes and the most block IRs alive at once, at every native block call,
+    every surrogate run of the tracing pass (where a block's IR must be alive) and every certification."""
     model = _storages([*lm.model.parameters(), *lm.model.buffers()])
     seen = {"bytes": 0, "irs": 0}
     gc.collect()
@@ -80,7 +81,7 @@ def _watch(monkeypatch, lm) -> dict:
         seen["bytes"] = max(seen["bytes"], _live_bytes(model))
         seen["irs"] = max(seen["irs"], len(_live_irs(before)))
 
-    block, certify = NativeModel.block, ex._certify_block
+    block, certify, surrogate = NativeModel.block, ex._certify_block, tracing._surrogate
 
     def watched_block(self, i, x, ctx):
         probe()
@@ -90,7 +91,12 @@ def _watch(monkeypatch, lm) -> dict:
         probe()
         return certify(*a, **k)
 
+    def watched_surrogate(*a, **k):
+        probe()
+        return surrogate(*a, **k)
+
     monkeypatch.setattr(NativeModel, "block", watched_block)
+    monkeypatch.setattr(tracing, "_surrogate", watched_surrogate)
     monkeypatch.setattr(ex, "_certify_block", watched_certify)
     return seen
 

@@ -101,7 +101,7 @@ def _certify_block(prompts_bytes: bytes, i, lm_info, pinfo, thresholds, policy, 
     values, widened back to the model's dtype as the verifier widens them. `chunk` is the number of prompts
     the native pass ran at once (`batch_size`): the replay runs on the same chunks (see `_replay`);
     `measured` is that replay's result already computed by the tracing pass (record_traces), used when the
-    traces are stored as recorded.
+    traces are stored as recorded; `ir` may then be None if its files are `written` already.
     """
     bdir = f"block_{i:03d}"
     written = written or {}
@@ -111,7 +111,12 @@ def _certify_block(prompts_bytes: bytes, i, lm_info, pinfo, thresholds, policy, 
         trace = narrowed(trace, trace_dtype)  # a no-op on a trace already stored so
     stored = trace
     trace = widened(trace, dtype)
-    r = measured if measured is not None and trace_dtype is None else _replay(ir, trace, chunk)
+    if measured is not None and trace_dtype is None:
+        r = measured
+    elif ir is None:
+        raise ValueError(f"block {i}: no IR and no measurements to certify it from")  # a caller's bug
+    else:
+        r = _replay(ir, trace, chunk)
     ours[f"{bdir}/{layout.TRACES}"] = record_bytes(stored)  # serialised after the replay: never both at once
     ours[f"{bdir}/{layout.LOSSES}"] = record_bytes(loss)
     del stored
@@ -249,6 +254,8 @@ def _extract(lm, native, batch, ps, blocks, surrogate, thresholds, policy, batch
     def ir_item(i: int):
         if not sink.on_disk:
             return irs.pop(i)
+        if i in measured:  # certified from the tracing pass's measurements: the spooled IR is not read again
+            return None
         load = partial(_spooled_ir, sink, i)
         return load if executor.in_process else load()
 
