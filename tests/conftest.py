@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from blockcert.arch.toy import build_toy_model
 from blockcert.cli.app import quiet_hf as _quiet_hf
@@ -46,6 +47,16 @@ class CliResult:
     code: int
     out: str
     err: str
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Many small tensor operations: one torch thread is fastest on two shared cores, and immune to a busy
+    machine. A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -54,13 +54,7 @@ T_LEN = 5  # tokens of the tiny test prompts: full Jacobians are (5·64)² entri
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many small tensor operations: one thread is fastest, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

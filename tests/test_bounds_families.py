@@ -45,12 +45,7 @@ WINDOW = 4
 VARIANTS = ("gemma3-window", "qwen3-qknorm", "qwen2-bias", "mistral", "phi3-fused")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -68,12 +68,7 @@ TOL = 1e-9  # bound/true âˆ’ 1 allowed: the rule's own rounding allowances are â
 HEAD_WEIGHTS = (1.0, 0.5, 0.25, 0.75)  # c_h: distinct, so the per-head sum is the rule's smaller branch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- blocks that attain the global rule

@@ -42,13 +42,7 @@ KINDS = ("lowrank:8", "lowrank:8,mlp", "prune-heads:1", "prune-heads:3", "prune-
 LOOSE = ("--tau-act", "100", "--tau-loss", "100")  # random toy weights: every candidate may be certified
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices on two shared cores: one thread is ~50x faster than two fighting for them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: ~50x faster than two threads
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from blockcert.errors import BlockCertError
 from blockcert.store.strict_json import StrictJsonError, parse_strict, read_regular
@@ -26,14 +27,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: readers see all or nothing."""
+def atomic_write_with(path: Path, write: Callable[[BinaryIO, Path], None]) -> None:
+    """`write(f, tmp)` fills a temporary file beside `path` (through the open file `f`, or by its path `tmp`
+    for a writer that streams, e.g. safetensors' save_file); it is then fsynced and renamed onto `path`:
+    readers see all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+            write(f, Path(tmp))
+        # Opened again by its name: a writer by path may have replaced the file mkstemp made.
+        with open(tmp, "rb") as f:
             # mkstemp creates 0600; a run is a build output colleagues must be able to verify.
             os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
@@ -41,6 +45,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: readers see all or nothing."""
+    atomic_write_with(path, lambda f, _tmp: f.write(data))
 
 
 def json_bytes(obj: Any) -> bytes:

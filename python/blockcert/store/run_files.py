@@ -12,8 +12,6 @@ that reads each one when asked, checked against the digest the manifest records.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from blockcert.core.digest import sha256_bytes
 from blockcert.errors import BlockCertError
 from blockcert.store import layout
 from blockcert.store.files import atomic_write_bytes, ensure_writable_dir, resolve_inside
+from blockcert.store.strict_json import read_regular
 from blockcert.store.tensors import tensor_bytes, write_tensors_file
 
 MAX_FILE_BYTES = 8 << 30  # one file of a run (store/run_reader.py's MAX_ARTIFACT_BYTES)
@@ -49,20 +48,6 @@ def save_files(files: Mapping[str, bytes], run_dir: Path) -> None:
         atomic_write_bytes(target, files[rel])
 
 
-def _read_whole(path: Path, what: str) -> bytes:
-    """A regular file's bytes in one allocation (a block's IR is hundreds of MB: no chunks joined)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise BlockCertError(f"{what} {path} cannot be opened ({e.strerror or e})") from None
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
-            raise BlockCertError(f"{what} {path} is not a regular file of at most {MAX_FILE_BYTES} bytes")
-        return f.readall()
-
-
 class DiskFiles(Mapping[str, bytes]):
     """The files of the run at `run_dir` that `digests` lists (and summary.json), read on access.
 
@@ -75,7 +60,7 @@ class DiskFiles(Mapping[str, bytes]):
     def __getitem__(self, rel: str) -> bytes:
         if rel != layout.SUMMARY and rel not in self.digests:
             raise KeyError(rel)
-        data = _read_whole(resolve_inside(self.run_dir, rel), f"run file {rel}")
+        data = read_regular(resolve_inside(self.run_dir, rel), f"run file {rel}", MAX_FILE_BYTES)
         if rel != layout.SUMMARY and sha256_bytes(data) != self.digests[rel]:
             raise BlockCertError(f"{self.run_dir / rel} changed since it was written (SHA-256 mismatch); "
                                  "run `blockcert verify` on the run directory")

@@ -136,13 +136,19 @@ def read_regular(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> bytes:
         if st.st_size > limit:
             raise BlockCertError(f"{what} {path} is {st.st_size} bytes, over the limit of {limit}: "
                                  "not a BlockCert file")
-        chunks, total = [], 0
-        while chunk := os.read(fd, 1 << 20):
-            total += len(chunk)
-            if total > limit:
-                raise BlockCertError(f"{what} {path} grew past the limit of {limit} bytes while being read")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        # Exactly the size fstat reported, in one allocation (a block's IR is hundreds of MB: no chunks to
+        # join), and nothing after it: a file that changes size while it is read is refused.
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+            data = f.read(st.st_size)
+            if 0 < len(data) < st.st_size:  # one read(2) returns at most ~2 GiB: the rest in further reads
+                parts = [data]
+                while (n := sum(map(len, parts))) < st.st_size and (more := f.read(st.st_size - n)):
+                    parts.append(more)
+                data = b"".join(parts)
+            if len(data) != st.st_size or f.read(1):
+                raise BlockCertError(f"{what} {path} changed size while being read; read it again when it is "
+                                     "no longer being written")
+        return data
     except OSError as e:
         raise BlockCertError(f"{what} {path} cannot be read ({e.strerror or e})") from None
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +23,7 @@ from blockcert.core.metrics import token_errors
 from blockcert.core.traces import BlockTrace, LossTrace
 from blockcert.errors import BlockCertError
 from blockcert.store import layout
-from blockcert.store.files import FILE_MODE, atomic_write_bytes, json_bytes, sha256_file
+from blockcert.store.files import atomic_write_bytes, atomic_write_with, json_bytes, sha256_file
 from blockcert.store.records_io import parse_model
 from blockcert.store.strict_json import StrictJsonError, parse_strict
 
@@ -54,27 +53,23 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 def write_tensors_file(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     """`tensor_bytes(tensors)` written to `path` atomically, straight from the tensors' memory (no bytes
     object of the whole file: a block's IR is hundreds of MB); the file's SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    digest: list[str] = []
+
+    def write(_f, tmp: Path) -> None:
         st_save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        with open(tmp, "rb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
-            os.fsync(f.fileno())
-        digest = sha256_file(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
+        digest.append(sha256_file(tmp))
+
+    atomic_write_with(path, write)
+    return digest[0]
 
 
 MAX_HEADER_BYTES = 1 << 20  # a block's header lists ~20 tensors in < 2 KB
 _ITEM = {"BOOL": 1, "U8": 1, "I8": 1, "F16": 2, "BF16": 2, "I16": 2, "F32": 4, "I32": 4, "F64": 8, "I64": 8}
 DTYPE_TAG = {"float32": "F32", "float64": "F64", "bfloat16": "BF16", "float16": "F16"}
-TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-               "float16": torch.float16}
+_TORCH_OF_TAG = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F16": torch.float16,
+                 "BF16": torch.bfloat16, "I16": torch.int16, "F32": torch.float32, "I32": torch.int32,
+                 "F64": torch.float64, "I64": torch.int64}
+TORCH_DTYPE = {name: _TORCH_OF_TAG[tag] for name, tag in DTYPE_TAG.items()}
 
 # name -> (dtype tag, shape); a None dimension is free (only its rank is fixed).
 Layout = dict[str, tuple[str, tuple[int | None, ...]]]
@@ -203,11 +198,6 @@ def decode_tensors(data: bytes, what: str, want: Layout | None = None, optional:
         return st_load(data)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise BlockCertError(f"{what} is not a readable safetensors file ({str(e)[:200]})") from None
-
-
-_TORCH_OF_TAG = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "F16": torch.float16,
-                 "BF16": torch.bfloat16, "I16": torch.int16, "F32": torch.float32, "I32": torch.int32,
-                 "F64": torch.float64, "I64": torch.int64}
 
 
 def read_tensors_file(path: Path, what: str, sha256: str) -> dict[str, torch.Tensor]:
